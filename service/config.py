@@ -1,0 +1,151 @@
+"""Configuration: one validated pydantic model, read from YAML, overridable from the environment.
+
+Precedence: environment (`MLGUARD_<SECTION>__<KEY>`) over the YAML file over the defaults here.
+Code reads `ConfigStore.current`, an immutable snapshot swapped whole on reload, never raw dicts.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config" / "mlguard.yaml"
+CONFIG_PATH_ENV = "MLGUARD_CONFIG"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(Section):
+    workers: int = Field(1, ge=1, le=64)  # restart to change
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_batch_size: int = Field(1000, ge=1, le=100_000)
+
+
+class RoutingConfig(Section):
+    mode: Literal["auto", "fallback"] = "auto"
+
+
+class DecisionConfig(Section):
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+
+
+class InputChecksConfig(Section):
+    range_tolerance: float = Field(0.1, ge=0.0, le=10.0)
+
+
+class SafeDefaultConfig(Section):
+    probability: float = Field(1.0, ge=0.0, le=1.0)
+    decision: Literal["approve", "decline"] = "decline"
+
+
+class ModelConfig(Section):
+    timeout_ms: float = Field(250.0, gt=0)
+    max_concurrency: int = Field(4, ge=1, le=256)
+
+
+class FaultsConfig(Section):
+    """Fault drills for staging and game days (like Envoy's fault filter); all off by default."""
+
+    model_error_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    model_delay_ms: float = Field(0.0, ge=0.0, le=60_000)
+    model_delay_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    model_invalid_output_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    heuristic_error_ratio: float = Field(0.0, ge=0.0, le=1.0)
+
+    @property
+    def active(self) -> bool:
+        return any(
+            (
+                self.model_error_ratio,
+                self.model_delay_ms and self.model_delay_ratio,
+                self.model_invalid_output_ratio,
+                self.heuristic_error_ratio,
+            )
+        )
+
+
+class LoggingConfig(Section):
+    prediction_sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    access_log: bool = False  # restart to change
+
+
+class ReloadConfig(Section):
+    interval_s: float = Field(1.0, gt=0.0, le=60.0)  # restart to change
+
+
+class AdminConfig(Section):
+    state_dir: str = ".mlguard"  # restart to change; relative paths are under the project root
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MLGUARD_", env_nested_delimiter="__", extra="ignore", frozen=True
+    )
+    # extra="ignore" because the environment carries other MLGUARD_ names (MLGUARD_CONFIG, the
+    # admin token); unknown sections in the file are rejected by parse().
+
+    server: ServerConfig = ServerConfig()
+    routing: RoutingConfig = RoutingConfig()
+    decision: DecisionConfig = DecisionConfig()
+    input_checks: InputChecksConfig = InputChecksConfig()
+    safe_default: SafeDefaultConfig = SafeDefaultConfig()
+    model: ModelConfig = ModelConfig()
+    faults: FaultsConfig = FaultsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    reload: ReloadConfig = ReloadConfig()
+    admin: AdminConfig = AdminConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)  # the environment wins over the file
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names every offending key."""
+
+
+def config_path() -> Path:
+    return Path(os.environ.get(CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH))
+
+
+def parse(text: str) -> Settings:
+    """Validate YAML text (plus environment overrides) into a Settings snapshot."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError("config must be a mapping of sections")
+    unknown = sorted(set(data) - set(Settings.model_fields))
+    if unknown:
+        raise ConfigError(f"unknown config section(s): {', '.join(unknown)}")
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid config: {problems}") from exc
+
+
+def load(path: Path | None = None) -> Settings:
+    path = path or config_path()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    return parse(text)

@@ -1,0 +1,89 @@
+"""Hot reload: every worker polls the config file and swaps in a new snapshot when it changes.
+
+Polling the file's content (not inotify, not mtime) is what survives Kubernetes' ConfigMap update,
+an atomic swap of a symlinked directory that changes neither the path nor, reliably, the mtime.
+A file of a few KB read once a second costs nothing measurable.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from service.config import ConfigError, Settings, parse
+
+log = logging.getLogger("mlguard.config")
+
+Listener = Callable[[Settings, Settings], None]
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class ConfigStore:
+    """Holds the config in force; `current` is always a complete, validated snapshot."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        text = path.read_text()
+        self.current: Settings = parse(text)  # an invalid config at start raises ConfigError
+        self.version = _digest(text)
+        self._seen = self.version
+        self._listeners: list[Listener] = []
+        self._on_outcome: Callable[[str], None] = lambda outcome: None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def on_reload_outcome(self, callback: Callable[[str], None]) -> None:
+        """Called with "success" or "failure" after each attempted reload (for metrics)."""
+        self._on_outcome = callback
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the file; swap the snapshot if it changed and is valid. True if swapped."""
+        try:
+            text = self.path.read_text()
+        except OSError as exc:
+            # Mid-swap or deleted: keep the last good config and try again next tick.
+            log.warning("config file %s unreadable, keeping version %s: %s", self.path, self.version, exc)
+            return False
+        digest = _digest(text)
+        if digest == self._seen:
+            return False
+        self._seen = digest
+        try:
+            new = parse(text)
+        except ConfigError as exc:
+            log.error("config reload rejected, keeping version %s: %s", self.version, exc)
+            self._on_outcome("failure")
+            return False
+        old, self.current, self.version = self.current, new, digest
+        log.info("config reloaded: version %s", digest)
+        self._on_outcome("success")
+        for listener in self._listeners:
+            listener(old, new)
+        return True
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="mlguard-config-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.current.reload.interval_s):
+            try:
+                self.reload_if_changed()
+            except Exception:  # the watcher must never die silently
+                log.exception("config watcher failed; retrying")

@@ -1,0 +1,33 @@
+"""The router: which rows may go to the model, and if not, the reasons why.
+
+Pure and synchronous: it sees the row's input verdict and the routing state, never the model.
+Reasons are listed in precedence order; the first one is the one that decided the route.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from monitors import reasons
+from monitors.input_checks import Violation
+
+
+@dataclass(frozen=True)
+class RoutingState:
+    """Everything beyond the row itself that decides a route, read once per request."""
+
+    config_mode: str  # routing.mode from the config in force: auto | fallback
+    admin_mode: str | None = None  # the operator's override, if any: auto | fallback
+    drift_active: bool = False  # the drift policy says: route to the rules
+
+
+def reasons_against_model(state: RoutingState, violations: list[Violation]) -> list[str]:
+    """Empty when the row may go to the model."""
+    found: list[str] = []
+    if state.config_mode == "fallback":
+        found.append(reasons.CONFIG_FORCED)
+    if state.admin_mode == "fallback":
+        found.append(reasons.ADMIN_FORCED)
+    found.extend(v.reason for v in violations)
+    if state.drift_active:
+        found.append(reasons.DRIFT_DETECTED)
+    return found
