@@ -1,11 +1,17 @@
 """Shared fixtures: one real credit-risk server for the whole session, with two workers."""
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+
+# The model store is the project's own, whether pytest is run by `make test` or by hand.
+os.environ.setdefault("BENTOML_HOME", str(Path(__file__).resolve().parent.parent / ".bentoml"))
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
 from tests.support.server import ServerProcess
 

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import pandas as pd
+
+from monitors.features import Feature, FeatureSchema
+from monitors.input_checks import InputChecker
+from monitors.output_checks import is_valid_probability
+from monitors.reference import ReferenceStats
+
+SCHEMA = FeatureSchema((Feature("x", "numeric", nullable=True), Feature("c", "categorical", True)))
+FRAME = pd.DataFrame({"x": [0.0, 10.0, 5.0, None], "c": ["a", "b", "a", None]})
+
+
+def test_reference_stats_describe_the_training_data() -> None:
+    stats = ReferenceStats.from_frame(FRAME, SCHEMA)
+    assert stats.numeric["x"].min == 0.0 and stats.numeric["x"].max == 10.0
+    assert stats.numeric["x"].missing_rate == 0.25
+    assert stats.categorical["c"].categories == ("a", "b")
+    assert ReferenceStats.from_dict(stats.to_dict()) == stats
+
+
+def test_range_tolerance_widens_the_training_range() -> None:
+    checker = InputChecker(ReferenceStats.from_frame(FRAME, SCHEMA), range_tolerance=0.1)
+    assert checker.check({"x": 11.0, "c": "a"}) == []  # within 10% of the width beyond max
+    assert checker.check({"x": -1.0, "c": "a"}) == []
+    (v,) = checker.check({"x": 11.5, "c": "a"})
+    assert (v.check, v.field, v.reason) == ("input.out_of_range", "x", "input.out_of_range:x")
+
+
+def test_unknown_category_and_missing_values() -> None:
+    checker = InputChecker(ReferenceStats.from_frame(FRAME, SCHEMA), range_tolerance=0.0)
+    assert checker.check({"x": None, "c": None}) == []  # missing is the model's to handle
+    (v,) = checker.check({"x": 1.0, "c": "zzz"})
+    assert v.reason == "input.unknown_category:c"
+    both = checker.check({"x": 100.0, "c": "zzz"})
+    assert [v.check for v in both] == ["input.out_of_range", "input.unknown_category"]
+
+
+def test_output_check_rejects_what_is_not_a_probability() -> None:
+    assert is_valid_probability(0.0) and is_valid_probability(1.0) and is_valid_probability(0.3)
+    for bad in (float("nan"), float("inf"), -0.01, 1.01, float("-inf")):
+        assert not is_valid_probability(bad)

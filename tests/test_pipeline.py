@@ -1,0 +1,139 @@
+"""The pipeline without a server: routing, failures and the safe default, with a stand-in model."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fallbacks.base import HeuristicResult
+from monitors.reference import ReferenceStats
+from service.config import parse
+from service.credit import CREDIT_APP, CREDIT_FEATURES
+from service.model_call import DeadlineModelCall
+from service.pipeline import GuardedPipeline
+from service.router import RoutingState
+from tests.support.data import GOOD_ROW, credit_rows
+
+REFERENCE = ReferenceStats.from_frame(pd.DataFrame(credit_rows()), CREDIT_FEATURES)
+
+
+class BrokenRules:
+    name = "broken"
+
+    def score(self, row):
+        raise ZeroDivisionError("rules bug")
+
+
+def make_pipeline(predict, yaml: str = "", heuristic=CREDIT_APP.heuristic, drift=False):
+    settings = parse(yaml)
+    return GuardedPipeline(
+        heuristic=heuristic,
+        model_call=DeadlineModelCall(predict),
+        model_version="test:1",
+        reference=REFERENCE,
+        settings=lambda: settings,
+        routing_state=lambda cfg: RoutingState(cfg.routing.mode, drift_active=drift),
+    )
+
+
+def run(pipeline, rows):
+    return asyncio.run(pipeline.predict(rows))
+
+
+def constant(p: float):
+    return lambda rows: np.full(len(rows), p)
+
+
+def test_clean_rows_go_to_the_model() -> None:
+    (a,) = run(make_pipeline(constant(0.7)), [GOOD_ROW])
+    assert (a.route, a.probability, a.decision, a.reasons, a.cause) == ("model", 0.7, "decline", [], "none")
+
+
+def test_threshold_from_config_decides() -> None:
+    (a,) = run(make_pipeline(constant(0.7), "decision:\n  threshold: 0.8\n"), [GOOD_ROW])
+    assert a.decision == "approve"
+
+
+def test_forced_fallback_never_calls_the_model() -> None:
+    def explode(rows):
+        raise AssertionError("model called")
+
+    (a,) = run(make_pipeline(explode, "routing:\n  mode: fallback\n"), [GOOD_ROW])
+    assert a.route == "heuristic" and a.reasons == ["config.forced"] and a.rules
+
+
+def test_input_violation_routes_that_row_only() -> None:
+    rows = [GOOD_ROW, {**GOOD_ROW, "age": 120}, {**GOOD_ROW, "job": "astronaut"}]
+    answers = run(make_pipeline(constant(0.2)), rows)
+    assert [a.route for a in answers] == ["model", "heuristic", "heuristic"]
+    assert answers[1].reasons == ["input.out_of_range:age"]
+    assert answers[2].reasons == ["input.unknown_category:job"]
+    assert answers[2].cause == "input.unknown_category"
+
+
+def test_drift_routes_to_the_rules() -> None:
+    (a,) = run(make_pipeline(constant(0.2), drift=True), [GOOD_ROW])
+    assert a.route == "heuristic" and a.reasons == ["drift.detected"]
+
+
+def test_model_exception_routes_to_the_rules() -> None:
+    def fail(rows):
+        raise ValueError("boom")
+
+    (a,) = run(make_pipeline(fail), [GOOD_ROW])
+    assert a.route == "heuristic" and a.reasons == ["model.error:ValueError"] and a.cause == "model.error"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.1, 1.5])
+def test_invalid_output_routes_to_the_rules(bad: float) -> None:
+    (a,) = run(make_pipeline(constant(bad)), [GOOD_ROW])
+    assert a.route == "heuristic" and a.reasons[0].startswith("output.invalid")
+
+
+def test_wrong_number_of_outputs_is_invalid() -> None:
+    answers = run(make_pipeline(lambda rows: np.array([0.1])), [GOOD_ROW, GOOD_ROW])
+    assert all(a.reasons == ["output.invalid:wrong length"] for a in answers)
+
+
+def test_slow_model_times_out_within_the_deadline() -> None:
+    def slow(rows):
+        time.sleep(0.5)
+        return np.full(len(rows), 0.1)
+
+    pipeline = make_pipeline(slow, "model:\n  timeout_ms: 50\n")
+    started = time.perf_counter()
+    (a,) = run(pipeline, [GOOD_ROW])
+    assert a.reasons == ["model.timeout"] and a.route == "heuristic"
+    assert time.perf_counter() - started < 0.4  # answered long before the model finished
+
+
+def test_saturated_model_overloads_instead_of_queueing() -> None:
+    def slow(rows):
+        time.sleep(0.3)
+        return np.full(len(rows), 0.1)
+
+    pipeline = make_pipeline(slow, "model:\n  timeout_ms: 1000\n  max_concurrency: 1\n")
+
+    async def two_at_once():
+        return await asyncio.gather(pipeline.predict([GOOD_ROW]), pipeline.predict([GOOD_ROW]))
+
+    first, second = asyncio.run(two_at_once())
+    assert sorted([first[0].reasons, second[0].reasons]) == [[], ["model.overloaded"]]
+
+
+def test_failing_rules_answer_the_safe_default() -> None:
+    (a,) = run(make_pipeline(constant(0.2), "routing:\n  mode: fallback\n", BrokenRules()), [GOOD_ROW])
+    assert (a.route, a.probability, a.decision) == ("default", 1.0, "decline")
+    assert a.reasons == ["config.forced", "heuristic.error:ZeroDivisionError"]
+    assert a.cause == "heuristic.error"
+
+
+def test_batch_keeps_order_and_one_answer_per_row() -> None:
+    rows = credit_rows()[:50]
+    answers = run(make_pipeline(lambda rs: np.linspace(0, 1, len(rs))), rows)
+    assert len(answers) == 50 and len({a.request_id for a in answers}) == 50
+    model_rows = [a.probability for a in answers if a.route == "model"]
+    assert model_rows == sorted(model_rows)
