@@ -18,8 +18,16 @@ from tests.support.server import ServerProcess
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Iterator[ServerProcess]:
-    """Two workers, so every HTTP test also exercises the multi-process paths."""
-    proc = ServerProcess(workdir=tmp_path_factory.mktemp("server"), workers=2).start()
+    """Two workers, so every HTTP test also exercises the multi-process paths.
+
+    Drift only alerts here: the tests replay the same rows many times, which is drift by any
+    measure; routing on drift is tested on servers of its own.
+    """
+    proc = ServerProcess(
+        workdir=tmp_path_factory.mktemp("server"),
+        workers=2,
+        env={"MLGUARD_DRIFT__ACTION": "alert"},
+    ).start()
     yield proc
     proc.stop()
 
