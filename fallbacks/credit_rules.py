@@ -46,7 +46,8 @@ class CreditRules:
         rule("part_time_job", job == "partime", 1.3)
         rule("other_job", job == "others", 0.6)
         rule("freelance_job", job == "freelance", 0.3)
-        rule("job_unknown", job is None, 0.6)
+        # Missing or a job type the data never had: as risky as "others".
+        rule("job_unknown", job not in ("fixed", "freelance", "partime", "others"), 0.6)
 
         seniority = _num(row, "seniority")
         rule("new_in_job", seniority is not None and seniority <= 1, 0.8)
