@@ -1,0 +1,171 @@
+"""The drift monitor: the one window, a checker thread, the policy and the drift metrics.
+
+It lives in the drift process only. Ingest appends to the window (cheap, called per flush from
+every worker); the checker thread runs a check every `check_interval_s`; `status()` is what the
+workers route on and what GET /monitoring/drift shows.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+
+import pandas as pd
+
+from monitors.drift.check import DriftCheck
+from monitors.drift.policy import DriftPolicy, Hysteresis
+from monitors.drift.result import DriftResult
+from monitors.drift.window import (
+    DriftWindow,
+    WindowRow,
+    agreement_ratio,
+    features_frame,
+    probabilities,
+)
+from monitors.features import FeatureSchema
+from monitors.metrics import DriftMetrics
+
+log = logging.getLogger("mlguard.drift")
+
+
+class DriftMonitor:
+    def __init__(
+        self,
+        schema: FeatureSchema,
+        reference: pd.DataFrame,
+        settings: Callable[[], object],  # () -> DriftConfig; kept untyped so monitors/ needs no service/
+        metrics: DriftMetrics,
+        reference_probabilities: pd.Series | None = None,
+        agreement_baseline: float | None = None,
+    ) -> None:
+        self.schema = schema
+        self.reference = reference
+        self.settings = settings
+        self.metrics = metrics
+        self.reference_probabilities = reference_probabilities
+        self.agreement_baseline = agreement_baseline
+        cfg = settings()
+        self.window = DriftWindow(cfg.window_size)
+        self.policy = DriftPolicy(self._hysteresis)
+        self.policy.on_transition(lambda old, new: log.warning("drift policy: %s -> %s", old, new))
+        self.last: DriftResult | None = None
+        self.last_outcome: str | None = None
+        self._check: tuple[tuple, DriftCheck] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if agreement_baseline is not None:
+            metrics.shadow_baseline.set(agreement_baseline)
+        metrics.detected.set(0)
+
+    def _hysteresis(self) -> Hysteresis:
+        cfg = self.settings()
+        return Hysteresis(cfg.enter_after, cfg.exit_after, cfg.on_error)
+
+    def checker(self) -> DriftCheck:
+        """Built once per set of statistical settings (the buckets depend on the window size)."""
+        cfg = self.settings()
+        key = (cfg.window_size, cfg.numeric_p_value, cfg.categorical_p_value, cfg.share_threshold)
+        if self._check is None or self._check[0] != key:
+            check = DriftCheck(
+                self.schema, self.reference, cfg.window_size, cfg.numeric_p_value,
+                cfg.categorical_p_value, cfg.share_threshold, self.reference_probabilities,
+            )
+            self._check = (key, check)
+        return self._check[1]
+
+    def ingest(self, rows: Iterable[WindowRow]) -> None:
+        self.window.extend(rows)
+
+    def check_once(self) -> str:
+        """Run one check now; returns its outcome (the metric label)."""
+        cfg = self.settings()
+        self.window.resize(cfg.window_size)
+        rows = self.window.snapshot()
+        self.metrics.window_rows.set(len(rows))
+        agreement = agreement_ratio(rows)
+        if agreement is not None:
+            self.metrics.shadow_agreement.set(agreement)
+        if len(rows) < cfg.min_samples:
+            return self._count("insufficient_data")
+        try:
+            probs = probabilities(rows)
+            result = self.checker().run(
+                features_frame(rows, self.schema.names),
+                probs if len(probs) >= cfg.min_samples else None,
+            )
+        except Exception:  # a broken check must never reach serving: count, log, apply on_error
+            log.exception("drift check failed; on_error=%s", cfg.on_error)
+            self.policy.record_error()
+            self.metrics.detected.set(1 if self.policy.drifted else 0)
+            return self._count("error")
+        self.last = result
+        self.policy.record_check(result.dataset_drift)
+        self._publish(result)
+        return self._count("drift" if result.dataset_drift else "no_drift")
+
+    def _count(self, outcome: str) -> str:
+        self.last_outcome = outcome
+        self.metrics.checks.labels(outcome).inc()
+        return outcome
+
+    def _publish(self, result: DriftResult) -> None:
+        m = self.metrics
+        m.check_duration.observe(result.seconds)
+        m.share.set(result.drift_share)
+        m.detected.set(1 if self.policy.drifted else 0)
+        for name, column in result.features.items():
+            m.feature_score.labels(name).set(column.score)
+            m.feature_drifted.labels(name).set(1 if column.drifted else 0)
+        if result.prediction is not None:
+            m.prediction_score.set(result.prediction.score)
+
+    def routing_to_fallback(self) -> bool:
+        cfg = self.settings()
+        return cfg.enabled and cfg.action == "route" and self.policy.drifted
+
+    def status(self) -> dict:
+        cfg = self.settings()
+        last = self.last
+        rows = self.window.snapshot()
+        return {
+            "enabled": cfg.enabled,
+            "action": cfg.action,
+            "dataset_drift": bool(last and last.dataset_drift),
+            "drift_share": last.drift_share if last else None,
+            "features": {n: vars(c) for n, c in last.features.items()} if last else {},
+            "prediction": vars(last.prediction) if last and last.prediction else None,
+            "checked_at": _iso(last.checked_at) if last else None,
+            "check_seconds": last.seconds if last else None,
+            "last_outcome": self.last_outcome,
+            "window_rows": len(rows),
+            "window_size": cfg.window_size,
+            "min_samples": cfg.min_samples,
+            "policy_state": self.policy.state.name,
+            "routing_to_fallback": self.routing_to_fallback(),
+            "shadow_agreement": agreement_ratio(rows),
+            "shadow_agreement_baseline": self.agreement_baseline,
+        }
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="mlguard-drift-check", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings().check_interval_s):
+            if self.settings().enabled:
+                try:
+                    self.check_once()
+                except Exception:  # the checker thread must outlive any bug
+                    log.exception("drift checker loop failed; retrying")
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds")

@@ -1,0 +1,61 @@
+"""The rolling window: the last `window_size` served rows, shared by every worker's traffic.
+
+A deque with maxlen: appending past the bound drops the oldest rows, so memory is fixed whatever
+the traffic. A lock because the ingest endpoint and the checker thread touch it concurrently.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class WindowRow:
+    features: dict[str, Any]
+    probability: float | None  # the model's, when the model answered the row
+    agreed: bool | None  # model and rules took the same decision (model-routed rows only)
+
+
+class DriftWindow:
+    def __init__(self, size: int) -> None:
+        self._rows: deque[WindowRow] = deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        return self._rows.maxlen or 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def extend(self, rows: Iterable[WindowRow]) -> None:
+        with self._lock:
+            self._rows.extend(rows)
+
+    def resize(self, size: int) -> None:
+        """Keep the newest rows that fit the new bound."""
+        with self._lock:
+            if size != self._rows.maxlen:
+                self._rows = deque(self._rows, maxlen=size)
+
+    def snapshot(self) -> list[WindowRow]:
+        with self._lock:
+            return list(self._rows)
+
+
+def features_frame(rows: list[WindowRow], columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame([r.features for r in rows], columns=columns)
+
+
+def probabilities(rows: list[WindowRow]) -> pd.Series:
+    return pd.Series([r.probability for r in rows if r.probability is not None], dtype=float)
+
+
+def agreement_ratio(rows: list[WindowRow]) -> float | None:
+    judged = [r.agreed for r in rows if r.agreed is not None]
+    return sum(judged) / len(judged) if judged else None

@@ -1,0 +1,129 @@
+"""A worker's side of drift monitoring: buffer served rows, flush them to the drift process in the
+background, and keep the routing verdict it answers.
+
+`offer` is the only call on the request path: it appends references to a bounded deque. A task
+on the worker's event loop drains it every flush interval (half a check interval, at most a
+second), which also fetches the verdict, so every worker learns a new decision within one check
+interval. A task, not a thread: BentoML's dependency client is bound to the worker's event loop.
+If the drift process cannot be reached, serving goes on: the error is counted and
+`drift.on_error` decides.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from service.config import Settings
+from service.prediction import ROUTE_MODEL, Prediction
+
+log = logging.getLogger("mlguard.drift")
+
+BUFFER_ROWS = 20_000  # rows waiting for a flush at most; the oldest drop first
+FLUSH_ROWS = 5_000  # rows sent in one call at most
+CALL_TIMEOUT_S = 5.0  # a hung drift process holds the flush task no longer than this
+STARTUP_GRACE_S = 120.0  # the drift process starts after the workers (it loads evidently)
+
+
+class DriftFeed:
+    def __init__(
+        self,
+        client: Callable[[], Any],  # () -> the drift service's proxy (resolved lazily, in the thread)
+        feature_names: list[str],
+        settings: Callable[[], Settings],
+        count_error: Callable[[], None],
+    ) -> None:
+        self._client = client
+        self._names = feature_names
+        self._settings = settings
+        self._count_error = count_error
+        self._buffer: deque[tuple[dict[str, Any], float | None]] = deque(maxlen=BUFFER_ROWS)
+        self._routing = False  # the drift process's last verdict
+        self._failing = False
+        self._last_error_count = -float("inf")
+        self._task: asyncio.Task | None = None
+        self._started = time.monotonic()
+        self._contacted = False  # reached the drift process at least once
+
+    def remote(self) -> Any:
+        """The drift process's proxy (for the /monitoring endpoints)."""
+        return self._client()
+
+    def offer(self, rows: list[dict[str, Any]], predictions: list[Prediction]) -> None:
+        if self._settings().drift.enabled:
+            self._buffer.extend(
+                (row, p.probability if p.route == ROUTE_MODEL else None)
+                for row, p in zip(rows, predictions)
+            )
+
+    def drift_active(self, cfg: Settings) -> bool:
+        drift = cfg.drift
+        if not drift.enabled or drift.action != "route":
+            return False
+        if self._failing and drift.on_error == "clear":
+            return False
+        return self._routing  # failing with on_error=keep: the last verdict stands
+
+    async def flush(self) -> None:
+        """Send what is buffered (possibly nothing) and take the verdict back."""
+        batch: list[tuple[dict[str, Any], float | None]] = []
+        while self._buffer and len(batch) < FLUSH_ROWS:
+            batch.append(self._buffer.popleft())
+        names = self._names
+        try:
+            answer = await asyncio.wait_for(
+                self._client().to_async.ingest(
+                    rows=[{n: row.get(n) for n in names} for row, _ in batch],
+                    probabilities=[p for _, p in batch],
+                ),
+                CALL_TIMEOUT_S,
+            )
+        except Exception as exc:  # noqa: BLE001 -- a dead or slow drift process must not reach serving
+            self._on_failure(exc)
+            return
+        if self._failing:
+            log.info("drift process reachable")
+        self._failing = False
+        self._contacted = True
+        self._routing = bool(answer["routing_to_fallback"])
+
+    def _on_failure(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if not self._contacted and now - self._started < STARTUP_GRACE_S:
+            self._failing = True  # still starting: on_error applies, but it is no error yet
+            return
+        if not self._failing:
+            log.error("drift process unreachable (%s); drift.on_error=%s applies", exc,
+                      self._settings().drift.on_error)
+        self._failing = True
+        # One error per check interval per worker, not one per flush.
+        if now - self._last_error_count >= self._settings().drift.check_interval_s:
+            self._last_error_count = now
+            self._count_error()
+
+    def interval(self) -> float:
+        return min(1.0, self._settings().drift.check_interval_s / 2)
+
+    def start(self) -> None:
+        """Called on the worker's event loop (BentoML builds the service instance there)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="mlguard-drift-feed")
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval())
+            if not self._settings().drift.enabled:
+                self._buffer.clear()
+                continue
+            try:
+                await self.flush()
+            except Exception:  # the feed must outlive any bug; serving never waits on it
+                log.exception("drift feed failed; retrying")
