@@ -1,0 +1,144 @@
+"""The admin API over real HTTP: state, the bearer token, every worker, and a restart."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import wait_until
+from tests.support.data import GOOD_ROW
+from tests.support.server import ServerProcess
+
+TOKEN = "test-admin-token-8f3a"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# Drift only alerts, as on the session server: these tests replay one row.
+ENV = {"MLGUARD_ADMIN_TOKEN": TOKEN, "MLGUARD_DRIFT__ACTION": "alert"}
+
+
+@pytest.fixture(scope="module")
+def admin_server(tmp_path_factory) -> Iterator[ServerProcess]:
+    """Two workers with an admin token: the session server has none (writes disabled)."""
+    proc = ServerProcess(
+        workdir=tmp_path_factory.mktemp("admin"), workers=2, env=ENV
+    ).start()
+    yield proc
+    proc.stop()
+
+
+def _state(server: ServerProcess) -> dict:
+    r = httpx.get(f"{server.url}/admin/state", timeout=10)  # a fresh connection: any worker
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _route_to(server: ServerProcess, mode: str) -> httpx.Response:
+    return httpx.post(f"{server.url}/admin/routing", json={"mode": mode}, headers=AUTH, timeout=10)
+
+
+def _every_worker_reports(server: ServerProcess, admin_mode: str | None, timeout_s: float = 15) -> bool:
+    seen: set[int] = set()
+
+    def check() -> bool:
+        state = _state(server)
+        if state["mode"]["admin"] == admin_mode:
+            seen.add(state["worker_pid"])
+        return len(seen) == server.workers
+
+    return wait_until(check, timeout_s, interval_s=0.05)
+
+
+def test_state_shows_mode_circuit_drift_faults_and_config_version(server: ServerProcess) -> None:
+    state = _state(server)
+    assert state["mode"]["effective"] == "auto" and state["mode"]["config"] == "auto"
+    assert state["circuit"]["state"] in ("closed", "half_open", "open")
+    assert isinstance(state["drift"]["active"], bool)
+    assert state["faults"]["active"] is False and state["faults"]["model_error_ratio"] == 0.0
+    assert len(state["config_version"]) == 12
+    assert isinstance(state["worker_pid"], int)
+
+
+def test_writes_are_disabled_without_a_configured_token(server: ServerProcess) -> None:
+    for headers in ({}, {"Authorization": "Bearer anything"}, {"Authorization": "Bearer"}):
+        r = httpx.post(f"{server.url}/admin/routing", json={"mode": "fallback"}, headers=headers)
+        assert r.status_code == 403, r.text
+        assert "MLGUARD_ADMIN_TOKEN" in r.json()["error"]
+    assert _state(server)["mode"]["admin"] is None
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Bearer {TOKEN[:-1]}"},  # a prefix of the right token
+        {"Authorization": f"Bearer {TOKEN}x"},
+        {"Authorization": f"Basic {TOKEN}"},  # the right secret under the wrong scheme
+        {"Authorization": TOKEN},
+    ],
+)
+def test_missing_or_wrong_token_is_401(admin_server: ServerProcess, headers: dict) -> None:
+    r = httpx.post(f"{admin_server.url}/admin/routing", json={"mode": "fallback"}, headers=headers)
+    assert r.status_code == 401, r.text
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert _state(admin_server)["mode"]["admin"] is None
+
+
+@pytest.mark.parametrize("body", [b'{"mode": "sideways"}', b'{"mode": 1}', b"not json", b"{}"])
+def test_bad_body_is_400(admin_server: ServerProcess, body: bytes) -> None:
+    r = httpx.post(f"{admin_server.url}/admin/routing", content=body, headers=AUTH)
+    assert r.status_code == 400, r.text
+    assert "mode" in r.json()["error"]
+
+
+def test_get_only_state_and_post_only_routing(admin_server: ServerProcess) -> None:
+    assert httpx.post(f"{admin_server.url}/admin/state", headers=AUTH).status_code == 405
+    assert httpx.get(f"{admin_server.url}/admin/routing", headers=AUTH).status_code == 405
+
+
+def test_fallback_reaches_every_worker_is_logged_and_survives_a_restart(
+    admin_server: ServerProcess,
+) -> None:
+    r = _route_to(admin_server, "fallback")
+    assert r.status_code == 200, r.text
+    assert r.json()["mode"]["effective"] == "fallback"
+    assert r.json()["mode"]["admin_changed_by"] == "127.0.0.1"
+    assert _every_worker_reports(admin_server, "fallback")
+    answer = httpx.post(f"{admin_server.url}/predict", json=GOOD_ROW).json()
+    assert answer["route"] == "heuristic" and answer["reasons"] == ["admin.forced"]
+    assert "admin routing override None -> fallback by 127.0.0.1" in admin_server.log_text()
+
+    admin_server.stop()
+    again = ServerProcess(workdir=admin_server.workdir, workers=2, env=ENV)
+    again.start()
+    try:
+        assert _every_worker_reports(again, "fallback")
+        assert httpx.post(f"{again.url}/predict", json=GOOD_ROW).json()["reasons"] == ["admin.forced"]
+        assert _route_to(again, "auto").status_code == 200
+        assert _every_worker_reports(again, "auto")
+        assert httpx.post(f"{again.url}/predict", json=GOOD_ROW).json()["route"] == "model"
+        assert "admin routing override fallback -> auto by 127.0.0.1" in again.log_text()
+    finally:
+        again.stop()
+
+
+def test_state_file_is_shared_through_the_watcher_and_bad_edits_are_ignored(tmp_path) -> None:
+    """Two stores on one directory stand for two workers (no server needed)."""
+    from service.admin_state import AdminStateStore
+
+    writer, reader = AdminStateStore(tmp_path), AdminStateStore(tmp_path)
+    assert reader.watched.poll() and reader.current.mode is None  # no file: no override
+    writer.set_mode("fallback", "10.0.0.7")
+    assert reader.watched.poll()
+    assert (reader.current.mode, reader.current.changed_by) == ("fallback", "10.0.0.7")
+    assert not reader.watched.poll()  # unchanged file: nothing to do
+
+    writer.path.write_text('{"mode": "sideways"}')  # a hand edit gone wrong
+    assert reader.watched.poll() and reader.current.mode == "fallback"
+    writer.path.write_text("{not json")
+    assert reader.watched.poll() and reader.current.mode == "fallback"
+
+    writer.path.unlink()  # deleting the file removes the override
+    assert reader.watched.poll() and reader.current.mode is None
+    with pytest.raises(ValueError):
+        writer.set_mode("sideways", "10.0.0.7")
