@@ -36,5 +36,34 @@ test: model
 lint: $(STAMP)
 	$(BIN)/ruff check service monitors fallbacks training tests
 
+# The Bento (bentofile.yaml), printed as its tag; `bentoml containerize <tag>` makes the image
+# (docs/DEPLOY.md). Requirements come pre-locked: BentoML's lock step needs the index via uv.
+.PHONY: build lock k8s-sync
+build: model
+	$(BIN)/python scripts/lock_requirements.py --check
+	@set -o pipefail; tag=$$($(BIN)/bentoml build -o tag | sed -n 's/^__tag__://p'); test -n "$$tag" && echo "$$tag"
+
+lock: $(STAMP)
+	$(BIN)/python scripts/lock_requirements.py
+
+# The Kubernetes ConfigMap and PrometheusRule are generated from config/mlguard.yaml and
+# deploy/prometheus/alerts.yml.
+k8s-sync: $(STAMP)
+	$(BIN)/python scripts/sync_kubernetes.py
+
+# Guarded vs bare BentoML on loopback (docs/BENCHMARKS.md). bench: ~10 min, writes bench/results.json,
+# bench/results.png and the table in docs/BENCHMARKS.md; bench-quick: under 3 min, results.json only.
+.PHONY: bench bench-quick
+bench: model
+	$(BIN)/python -m bench.run --size full --chart bench/results.png --doc docs/BENCHMARKS.md
+
+bench-quick: model
+	$(BIN)/python -m bench.run --size quick
+
+# Drift drill: a small window, normal then shifted then normal traffic (docs/DRIFT.md).
+.PHONY: drift-demo
+drift-demo: model
+	PYTHONPATH=$(CURDIR) $(BIN)/python scripts/drift_demo.py
+
 clean:
 	rm -rf $(VENV) $(BENTOML_HOME) .mlguard .pytest_cache .hypothesis

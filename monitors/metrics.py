@@ -9,7 +9,7 @@ to 250 ms. Buckets run from 0.25 ms to 2.5 s so both paths and a deadline breach
 """
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (
     0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -62,4 +62,72 @@ class Metrics:
         )
         self.config_reloads = Counter(
             "mlguard_config_reloads", "Config reload attempts, by outcome", ["outcome"]
+        )
+        # Each worker has its own breaker: "liveall" keeps one series per live worker (pid label).
+        self.circuit_state = Gauge(
+            "mlguard_circuit_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+            multiprocess_mode="liveall",
+        )
+        self.circuit_transitions = Counter(
+            "mlguard_circuit_transitions", "Circuit breaker state changes, by new state", ["to"]
+        )
+        self.drift_checks = drift_checks_counter()  # a worker counts an unreachable drift process
+
+
+DRIFT_CHECK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def drift_checks_counter(registry: CollectorRegistry = REGISTRY) -> Counter:
+    """Set by the drift process per check, and by a worker that cannot reach it (outcome=error)."""
+    return Counter(
+        "mlguard_drift_checks",
+        "Drift checks, by outcome: drift, no_drift, insufficient_data, error",
+        ["outcome"],
+        registry=registry,
+    )
+
+
+class DriftMetrics:
+    """Metrics of the one drift process. Its gauges have a single writer, so "mostrecent" is the
+    truth, and a respawned drift process overwrites what the dead one left."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:  # tests pass their own
+        r = registry
+        self.checks = drift_checks_counter(r)
+        self.detected = Gauge(
+            "mlguard_drift_detected", "1 while the drift policy says drifted (after enter_after checks)",
+            multiprocess_mode="mostrecent", registry=r,
+        )
+        self.share = Gauge(
+            "mlguard_drift_share", "Share of drifted features at the last check",
+            multiprocess_mode="mostrecent", registry=r,
+        )
+        self.feature_score = Gauge(
+            "mlguard_feature_drift_score", "Drift test p-value per feature at the last check",
+            ["feature"], multiprocess_mode="mostrecent", registry=r,
+        )
+        self.feature_drifted = Gauge(
+            "mlguard_feature_drifted", "1 when the feature's test said drifted at the last check",
+            ["feature"], multiprocess_mode="mostrecent", registry=r,
+        )
+        self.prediction_score = Gauge(
+            "mlguard_prediction_drift_score", "KS p-value of the model probability at the last check",
+            multiprocess_mode="mostrecent", registry=r,
+        )
+        self.check_duration = Histogram(
+            "mlguard_drift_check_duration_seconds", "Time of one drift check",
+            buckets=DRIFT_CHECK_BUCKETS, registry=r,
+        )
+        self.window_rows = Gauge(
+            "mlguard_drift_window_rows", "Rows in the drift window", multiprocess_mode="mostrecent", registry=r
+        )
+        self.shadow_agreement = Gauge(
+            "mlguard_shadow_agreement_ratio",
+            "Share of model-routed rows in the window where the rules took the model's decision",
+            multiprocess_mode="mostrecent", registry=r,
+        )
+        self.shadow_baseline = Gauge(
+            "mlguard_shadow_agreement_baseline",
+            "The same agreement measured on the validation split at training time",
+            multiprocess_mode="mostrecent", registry=r,
         )

@@ -12,6 +12,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,9 +38,12 @@ def state_dir_path(configured: str) -> Path:
 
 
 class AdminStateStore:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(
+        self, state_dir: Path, on_change: Callable[[AdminRouting], None] = lambda state: None
+    ) -> None:
         self.path = state_dir / ROUTING_FILE
         self.current = AdminRouting()
+        self._on_change = on_change
         self._lock = threading.Lock()  # writes come from the event loop, reads from the watcher
         self.watched = WatchedFile(self.path, self._load)
 
@@ -52,6 +56,7 @@ class AdminStateStore:
             self._write(new)
             self.current = new
         log.warning("admin routing override %s -> %s by %s", old.mode, mode, source)
+        self._on_change(new)
         return new
 
     def _write(self, state: AdminRouting) -> None:
@@ -70,6 +75,9 @@ class AdminStateStore:
             log.error("admin state file %s invalid, keeping mode %s: %s", self.path, self.current.mode, exc)
             return
         with self._lock:
-            if state != self.current:
+            changed = state != self.current
+            if changed:
                 log.info("admin routing override now %s (set by %s)", state.mode, state.changed_by)
                 self.current = state
+        if changed:
+            self._on_change(state)

@@ -23,6 +23,33 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+class WatchedFile:
+    """Another file the config watcher polls by content (e.g. the admin state): one thread for all.
+
+    `on_change` gets the new text, or None when the file is absent; it is called once at watch().
+    """
+
+    def __init__(self, path: Path, on_change: Callable[[str | None], None]) -> None:
+        self.path = path
+        self._on_change = on_change
+        self._seen: str | None = ""  # never a digest, so the first poll always reports
+
+    def poll(self) -> bool:
+        try:
+            text: str | None = self.path.read_text()
+        except FileNotFoundError:
+            text = None
+        except OSError as exc:  # mid-swap: keep what we have, try next tick
+            log.warning("watched file %s unreadable: %s", self.path, exc)
+            return False
+        digest = None if text is None else _digest(text)
+        if digest == self._seen:
+            return False
+        self._seen = digest
+        self._on_change(text)
+        return True
+
+
 class ConfigStore:
     """Holds the config in force; `current` is always a complete, validated snapshot."""
 
@@ -33,12 +60,18 @@ class ConfigStore:
         self.version = _digest(text)
         self._seen = self.version
         self._listeners: list[Listener] = []
+        self._watched: list[WatchedFile] = []
         self._on_outcome: Callable[[str], None] = lambda outcome: None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def watch(self, watched: WatchedFile) -> None:
+        """Poll another file on the same schedule as the config (read once now)."""
+        watched.poll()
+        self._watched.append(watched)
 
     def on_reload_outcome(self, callback: Callable[[str], None]) -> None:
         """Called with "success" or "failure" after each attempted reload (for metrics)."""
@@ -85,5 +118,7 @@ class ConfigStore:
         while not self._stop.wait(self.current.reload.interval_s):
             try:
                 self.reload_if_changed()
+                for watched in self._watched:
+                    watched.poll()
             except Exception:  # the watcher must never die silently
                 log.exception("config watcher failed; retrying")

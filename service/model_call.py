@@ -3,6 +3,7 @@
 The call runs in a thread so the event loop can give up on it at the deadline. A thread cannot be
 killed, so an abandoned call keeps its concurrency slot until it really ends: when all slots are
 taken, rows go to the rules at once (`model.overloaded`) instead of queueing behind slow calls.
+With model.micro_batching, concurrent small calls share one model call (service/micro_batch.py).
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from monitors import reasons
+from service.config import ModelConfig
+from service.micro_batch import MicroBatcher
 
 MAX_THREADS = 256  # the ceiling of model.max_concurrency
 
@@ -48,15 +51,29 @@ class ConcurrencyLimit:
             self.in_flight -= 1
 
 
+class Overloaded(RuntimeError):
+    """Every concurrency slot was taken: a micro-batch could not start."""
+
+
 class DeadlineModelCall:
-    def __init__(self, predict: Callable[[list[dict[str, Any]]], np.ndarray]) -> None:
+    def __init__(
+        self,
+        predict: Callable[[list[dict[str, Any]]], np.ndarray],
+        batching: Callable[[], ModelConfig] | None = None,  # the model section in force
+    ) -> None:
         self._predict = predict
         self._limit = ConcurrencyLimit()
         self._executor = ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="mlguard-model")
+        self._batching = batching
+        self.batcher = MicroBatcher(self._run_batch)
+        self._batch_concurrency = 1  # the latest caller's model.max_concurrency
 
     async def __call__(
         self, rows: list[dict[str, Any]], timeout_s: float, max_concurrency: int
     ) -> ModelOutcome:
+        b = self._batching() if self._batching is not None else None
+        if b is not None and b.micro_batching and len(rows) < b.micro_batch_max_rows:
+            return await self._batched(rows, timeout_s, max_concurrency, b)
         if not self._limit.try_acquire(max_concurrency):
             return ModelOutcome(None, reasons.MODEL_OVERLOADED)
         started = time.perf_counter()
@@ -76,13 +93,54 @@ class DeadlineModelCall:
             result = await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
         except TimeoutError:
             return ModelOutcome(None, reasons.MODEL_TIMEOUT, None, time.perf_counter() - started)
-        except Exception as exc:  # any model failure is a routing reason, never a 5xx
+        except Exception as exc:  # noqa: BLE001 -- any model failure is a routing reason, never a 5xx
             return ModelOutcome(
                 None, reasons.MODEL_ERROR, type(exc).__name__, time.perf_counter() - started
             )
         return ModelOutcome(
             np.asarray(result, dtype=float).reshape(-1), seconds=time.perf_counter() - started
         )
+
+    async def _batched(
+        self, rows: list[dict[str, Any]], timeout_s: float, max_concurrency: int, b: ModelConfig
+    ) -> ModelOutcome:
+        """The same outcomes as an unbatched call; the deadline covers waiting for the batch too."""
+        started = time.perf_counter()
+        self._batch_concurrency = max_concurrency
+        try:
+            result = await asyncio.wait_for(
+                self.batcher.submit(rows, b.micro_batch_max_rows, b.micro_batch_max_wait_ms / 1000.0),
+                timeout_s,
+            )
+        except Overloaded:
+            return ModelOutcome(None, reasons.MODEL_OVERLOADED)
+        except TimeoutError:
+            return ModelOutcome(None, reasons.MODEL_TIMEOUT, None, time.perf_counter() - started)
+        except Exception as exc:  # noqa: BLE001 -- as above: a routing reason, never a 5xx
+            return ModelOutcome(
+                None, reasons.MODEL_ERROR, type(exc).__name__, time.perf_counter() - started
+            )
+        return ModelOutcome(
+            np.asarray(result, dtype=float).reshape(-1), seconds=time.perf_counter() - started
+        )
+
+    async def _run_batch(self, rows: list[dict[str, Any]]) -> np.ndarray:
+        """One model call for a whole micro-batch: one concurrency slot, no deadline of its own."""
+        if not self._limit.try_acquire(self._batch_concurrency):
+            raise Overloaded()
+
+        def run() -> np.ndarray:
+            try:
+                return np.asarray(self._predict(rows), dtype=float).reshape(-1)
+            finally:
+                self._limit.release()
+
+        try:
+            future = self._executor.submit(run)
+        except RuntimeError:
+            self._limit.release()
+            raise
+        return await asyncio.wrap_future(future)
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,7 +1,7 @@
 """The guarded pipeline: plain Python that BentoML calls, testable without a server.
 
-rows ─ input checks ─ router ─┬─ model (deadline, concurrency) ─ output checks ─┐
-                              └─ heuristic ◄───────────── on any failure ──────┘
+rows ─ input checks ─ router ─┬─ circuit ─ model (deadline, concurrency) ─ output checks ─┐
+                              └─ heuristic ◄─────────────────────── on any failure ──────┘
                                    └─ safe default if the rules fail ─ record ─ answer
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 from fallbacks.base import Heuristic, SafeDefault
 from monitors import reasons
+from monitors.circuit import CircuitBreaker, Permit
 from monitors.input_checks import InputChecker, Violation
 from monitors.output_checks import is_valid_probability
 from monitors.reference import ReferenceStats
@@ -48,6 +49,7 @@ class GuardedPipeline:
         settings: Callable[[], Settings],
         routing_state: Callable[[Settings], RoutingState],
         recorder: Recorder | None = None,
+        circuit: CircuitBreaker | None = None,
     ) -> None:
         self.heuristic = heuristic
         self.model_call = model_call
@@ -56,6 +58,7 @@ class GuardedPipeline:
         self._settings = settings
         self._routing_state = routing_state
         self.recorder = recorder or Recorder()
+        self.circuit = circuit or CircuitBreaker(lambda: self._settings().circuit)
         self._checker = InputChecker(reference, settings().input_checks.range_tolerance)
 
     def _checker_for(self, cfg: Settings) -> InputChecker:
@@ -75,13 +78,12 @@ class GuardedPipeline:
 
         to_model = [i for i, found in enumerate(row_reasons) if not found]
         if to_model:
-            outcome = await self.model_call(
-                [rows[i] for i in to_model],
-                cfg.model.timeout_ms / 1000.0,
-                cfg.model.max_concurrency,
-            )
-            self.recorder.record_model_call(outcome)
-            self._accept_model_answers(outcome, to_model, answers, row_reasons, cfg)
+            permit = self.circuit.allow()
+            if permit is None:  # the circuit is open: the model is not called
+                for i in to_model:
+                    row_reasons[i].append(reasons.CIRCUIT_OPEN)
+            else:
+                await self._call_model(permit, rows, to_model, answers, row_reasons, cfg)
 
         for i, answer in enumerate(answers):
             if answer is None:
@@ -93,6 +95,34 @@ class GuardedPipeline:
         self.recorder.record(rows, answers, verdicts)
         return answers
 
+    async def _call_model(
+        self,
+        permit: Permit,
+        rows: list[dict[str, Any]],
+        to_model: list[int],
+        answers: list[Prediction | None],
+        row_reasons: list[list[str]],
+        cfg: Settings,
+    ) -> None:
+        outcome: ModelOutcome | None = None
+        try:
+            outcome = await self.model_call(
+                [rows[i] for i in to_model],
+                cfg.model.timeout_ms / 1000.0,
+                cfg.model.max_concurrency,
+            )
+        finally:
+            if outcome is None:  # cancelled (client gone): the permit must not leak
+                self.circuit.on_skipped(permit)
+        self.recorder.record_model_call(outcome)
+        healthy = self._accept_model_answers(outcome, to_model, answers, row_reasons, cfg)
+        if outcome.failure == reasons.MODEL_OVERLOADED:  # never ran: says nothing of the model
+            self.circuit.on_skipped(permit)
+        elif healthy:
+            self.circuit.on_success(permit)
+        else:  # errors, timeouts and invalid outputs all count against the model
+            self.circuit.on_failure(permit)
+
     def _accept_model_answers(
         self,
         outcome: ModelOutcome,
@@ -100,7 +130,8 @@ class GuardedPipeline:
         answers: list[Prediction | None],
         row_reasons: list[list[str]],
         cfg: Settings,
-    ) -> None:
+    ) -> bool:
+        """Fill in the model's valid answers; True when every row got one."""
         probs = outcome.probabilities
         if probs is not None and len(probs) != len(to_model):
             outcome = ModelOutcome(None, reasons.OUTPUT_INVALID, "wrong length", outcome.seconds)
@@ -108,10 +139,12 @@ class GuardedPipeline:
             failure = reasons.with_detail(outcome.failure, outcome.detail)
             for i in to_model:
                 row_reasons[i].append(failure)
-            return
+            return False
+        healthy = True
         for i, p in zip(to_model, outcome.probabilities.tolist()):
             if not is_valid_probability(p):
                 row_reasons[i].append(reasons.with_detail(reasons.OUTPUT_INVALID, repr(p)))
+                healthy = False
                 continue
             answers[i] = Prediction(
                 request_id=uuid.uuid4().hex,
@@ -120,6 +153,7 @@ class GuardedPipeline:
                 route=ROUTE_MODEL,
                 model_version=self.model_version,
             )
+        return healthy
 
     def _fallback(self, row: dict[str, Any], found: list[str], cfg: Settings) -> Prediction:
         try:

@@ -3,26 +3,41 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import time
 from typing import Any
 
 from monitors import reasons
 from monitors.input_checks import Violation
 from monitors.metrics import Metrics
 from service.config import Settings
+from service.drift_feed import DriftFeed
+from service.logs import PREDICTION_LOGGER
 from service.model_call import ModelOutcome
 from service.pipeline import Recorder
-from service.prediction import Prediction
+from service.prediction import ROUTE_DEFAULT, ROUTE_HEURISTIC, ROUTE_MODEL, Prediction
 
-prediction_log = logging.getLogger("mlguard.predictions")
+prediction_log = logging.getLogger(PREDICTION_LOGGER)
+
+# Every (route, reason) the pipeline can produce, created at 0 when a worker starts: rate() and
+# increase() in the alerts then see the first model.error, not only the second.
+KNOWN_REQUEST_LABELS = (
+    (ROUTE_MODEL, reasons.NONE),
+    *((ROUTE_HEURISTIC, code) for code in reasons.ALL if code != reasons.HEURISTIC_ERROR),
+    (ROUTE_DEFAULT, reasons.HEURISTIC_ERROR),
+)
 
 
 class MetricsRecorder(Recorder):
-    def __init__(self, metrics: Metrics, settings: Any) -> None:
+    def __init__(self, metrics: Metrics, settings: Any, drift: DriftFeed | None = None) -> None:
         self.metrics = metrics
         self._settings = settings  # () -> Settings
+        self._drift = drift  # served rows go to the drift window through it
         # Label lookups cost more than the increment itself: keep the children we have used.
         self._children: dict[tuple, Any] = {}
+        for route, reason in KNOWN_REQUEST_LABELS:
+            self._child(metrics.requests, route, reason)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -39,7 +54,8 @@ class MetricsRecorder(Recorder):
     ) -> None:
         m = self.metrics
         cfg: Settings = self._settings()
-        sample = cfg.logging.prediction_sample_ratio
+        # Decided once per call: the line is never built when the level or the ratio drops it.
+        sample = cfg.logging.prediction_sample_ratio if prediction_log.isEnabledFor(logging.INFO) else 0.0
         for p, found in zip(predictions, violations):
             self._child(m.requests, p.route, p.cause).inc()
             self._child(m.request_duration, p.route).observe(p.seconds)
@@ -49,6 +65,8 @@ class MetricsRecorder(Recorder):
                 self._child(m.input_violations, v.check, v.field).inc()
             if sample >= 1.0 or (sample > 0.0 and random.random() < sample):
                 prediction_log.info(_log_line(p))
+        if self._drift is not None:
+            self._drift.offer(rows, predictions)
 
     def record_model_call(self, outcome: ModelOutcome) -> None:
         if outcome.failure != reasons.MODEL_OVERLOADED:  # an overloaded call never ran
@@ -59,8 +77,11 @@ def _log_line(p: Prediction) -> str:
     return json.dumps(
         {
             "event": "prediction",
+            "ts": round(time.time(), 3),
+            "pid": os.getpid(),  # which worker answered
             "request_id": p.request_id,
             "route": p.route,
+            "decision": p.decision,
             "reasons": p.reasons,
             "model_version": p.model_version,
             "latency_ms": round(p.seconds * 1000, 3),

@@ -20,6 +20,11 @@ class RoutingState:
     drift_active: bool = False  # the drift policy says: route to the rules
 
 
+def mode_in_force(config_mode: str, admin_mode: str | None) -> str:
+    """fallback when either the config or the operator forces it; otherwise auto."""
+    return "fallback" if "fallback" in (config_mode, admin_mode) else "auto"
+
+
 def reasons_against_model(state: RoutingState, violations: list[Violation]) -> list[str]:
     """Empty when the row may go to the model."""
     found: list[str] = []

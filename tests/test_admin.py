@@ -8,6 +8,7 @@ import pytest
 
 from tests.conftest import wait_until
 from tests.support.data import GOOD_ROW
+from tests.support.metrics import scrape, total
 from tests.support.server import ServerProcess
 
 TOKEN = "test-admin-token-8f3a"
@@ -107,6 +108,10 @@ def test_fallback_reaches_every_worker_is_logged_and_survives_a_restart(
     answer = httpx.post(f"{admin_server.url}/predict", json=GOOD_ROW).json()
     assert answer["route"] == "heuristic" and answer["reasons"] == ["admin.forced"]
     assert "admin routing override None -> fallback by 127.0.0.1" in admin_server.log_text()
+    # The dashboard's "routing mode" shows the mode in force, override included, in every worker.
+    samples = scrape(admin_server.url)
+    assert total(samples, "mlguard_routing_mode", mode="fallback") == 1
+    assert total(samples, "mlguard_routing_mode", mode="auto") == 0
 
     admin_server.stop()
     again = ServerProcess(workdir=admin_server.workdir, workers=2, env=ENV)

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fallbacks.base import HeuristicResult
 from monitors.reference import ReferenceStats
 from service.config import parse
 from service.credit import CREDIT_APP, CREDIT_FEATURES

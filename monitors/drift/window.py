@@ -9,9 +9,10 @@ import threading
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # imported where frames are built, in the drift process, not by API workers
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,14 @@ class DriftWindow:
 
 
 def features_frame(rows: list[WindowRow], columns: list[str]) -> pd.DataFrame:
+    import pandas as pd
+
     return pd.DataFrame([r.features for r in rows], columns=columns)
 
 
 def probabilities(rows: list[WindowRow]) -> pd.Series:
+    import pandas as pd
+
     return pd.Series([r.probability for r in rows if r.probability is not None], dtype=float)
 
 

@@ -23,6 +23,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of a process, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # The parent pid is the 4th field after the parenthesised command name.
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 class ServerProcess:
     """One `bentoml serve` on loopback, with its own config file and state directory.
 
@@ -55,7 +75,7 @@ class ServerProcess:
     def env(self) -> dict[str, str]:
         env = {
             **os.environ,
-            "BENTOML_HOME": os.environ.get("BENTOML_HOME", str(ROOT / ".bentoml")),
+            "BENTOML_HOME": str(self.bentoml_home()),
             "BENTOML_DO_NOT_TRACK": "true",
             "OMP_NUM_THREADS": "1",
             "MLGUARD_CONFIG": str(self.config_path),
@@ -66,8 +86,23 @@ class ServerProcess:
         env.update(self.extra_env)
         return env
 
+    def bentoml_home(self) -> Path:
+        """A BentoML home of this server's own, sharing the model store.
+
+        BentoML keeps the Prometheus multiprocess files in $BENTOML_HOME/prometheus_multiproc_dir
+        and wipes it when a server starts: servers sharing a home would mix (and erase) each
+        other's metrics.
+        """
+        home = self.workdir / "bentoml_home"
+        models = home / "models"
+        if not models.exists():
+            home.mkdir(parents=True, exist_ok=True)
+            shared = Path(os.environ.get("BENTOML_HOME", str(ROOT / ".bentoml")))
+            models.symlink_to((shared / "models").resolve(), target_is_directory=True)
+        return home
+
     def start(self, timeout_s: float = 90) -> ServerProcess:
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (open for the server's lifetime; stop() closes it)
         self.proc = subprocess.Popen(
             [BENTOML, "serve", self.target, "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=self.cwd,
@@ -105,6 +140,8 @@ class ServerProcess:
     def stop(self, timeout_s: float = 20) -> int | None:
         if self.proc is None:
             return None
+        # BentoML puts its workers in process groups of their own: remember them all first.
+        family = descendants(self.proc.pid)
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -114,10 +151,15 @@ class ServerProcess:
                 self.proc.wait(5)
             except ProcessLookupError:
                 pass
-        try:  # stragglers of the group (workers) must not outlive the test
+        try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        for pid in family:  # no worker or drift process may outlive the test
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self._log.close()
         return self.proc.returncode
 

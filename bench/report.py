@@ -1,0 +1,170 @@
+"""Turning trials into numbers: per-scenario summaries, ratios against bare, targets, the table."""
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+
+from bench.loadgen import Trial
+
+# (ratio key, target, higher is better); the issue's targets, as ratios from one run.
+TARGETS = {
+    "guarded_vs_bare_throughput": (0.95, True),
+    "guarded_vs_bare_p99": (1.10, False),
+    "heuristic_vs_bare_throughput": (1.0, True),
+    "drift_on_vs_off_throughput": (0.95, True),
+    "micro_batching_vs_bare_throughput": (2.0, True),
+}
+MEMORY_TARGET_MB = 50.0  # guarded server above bare, per worker
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summarize(trials: list[Trial]) -> dict:
+    seconds = sum(t.seconds for t in trials)
+    requests = sum(t.requests for t in trials)
+    latencies = [x for t in trials for x in t.latencies]
+    routes = sum((t.routes for t in trials), Counter())
+    return {
+        "requests_per_s": requests / seconds,
+        "rows_per_s": sum(t.rows for t in trials) / seconds,
+        "p50_ms": percentile(latencies, 0.50) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+        "requests": requests,
+        "errors": sum(t.errors for t in trials),
+        "routes": dict(routes),
+        "per_repeat_rows_per_s": [round(t.rows / t.seconds, 2) for t in trials],
+        # Server CPU per answered request, by process role: far less sensitive to a busy machine
+        # than throughput, so it is the steadiest measure of what the guard itself costs.
+        "server_cpu_ms_per_request": {
+            r: 1000 * sum(t.server_cpu_seconds.get(r, 0.0) for t in trials) / max(requests, 1)
+            for r in sorted({r for t in trials for r in t.server_cpu_seconds})
+        },
+        # The generator's own CPU, as a share of one core: far below 1 means it was not the limit.
+        "generator_cpu_share": sum(t.cpu_seconds for t in trials) / seconds,
+        "generator_cpu_us_per_request": 1e6 * sum(t.cpu_seconds for t in trials) / max(requests, 1),
+    }
+
+
+def route_share(summary: dict, route: str) -> float:
+    rows = sum(summary["routes"].values())
+    return summary["routes"].get(route, 0) / rows if rows else 0.0
+
+
+def _paired_ratio(a: list[Trial], b: list[Trial]) -> float:
+    """Median over pairs of b/a rows per second."""
+    return statistics.median((tb.rows / tb.seconds) / (ta.rows / ta.seconds) for ta, tb in zip(a, b))
+
+
+def _worker_cpu(summary: dict) -> float:
+    return summary["server_cpu_ms_per_request"].get("worker", float("nan"))
+
+
+def ratios_at(
+    trials: dict[str, list[Trial]], bare_beside: dict[str, list[Trial]], summary: dict[str, dict]
+) -> dict[str, float]:
+    """Ratios at one concurrency. Against bare: each trial over the bare trial run right beside
+    it; p50 and p99 over all trials pooled (a percentile of one short trial is too noisy)."""
+
+    def vs_bare(name: str) -> float:
+        return _paired_ratio(bare_beside[name], trials[name])
+
+    out = {
+        "guarded_vs_bare_throughput": vs_bare("guarded"),
+        "guarded_vs_bare_p99": summary["guarded"]["p99_ms"] / summary["bare"]["p99_ms"],
+        "guarded_vs_bare_p50": summary["guarded"]["p50_ms"] / summary["bare"]["p50_ms"],
+        "heuristic_vs_bare_throughput": vs_bare("heuristic"),
+        "batch_vs_single_rows_per_s": _paired_ratio(trials["guarded"], trials["batch"]),
+        "micro_batching_vs_bare_throughput": vs_bare("micro_batching"),
+        "micro_batching_vs_bare_p99": summary["micro_batching"]["p99_ms"] / summary["bare"]["p99_ms"],
+        "guarded_vs_bare_worker_cpu_per_request": _worker_cpu(summary["guarded"])
+        / _worker_cpu(summary["bare"]),
+    }
+    if "drift_on" in trials:  # the two sides ran apart: each is taken against its own bare pair
+        out["drift_on_vs_off_throughput"] = vs_bare("drift_on") / vs_bare("drift_off")
+    return out
+
+
+def headline_ratios(by_conc: dict[int, dict[str, float]]) -> dict[str, float | None]:
+    """The worst value over the concurrencies measured; micro-batching's is at the highest one."""
+    highest = max(by_conc)
+    keys = {k for r in by_conc.values() for k in r}
+    out: dict[str, float | None] = {}
+    for key in sorted(keys):
+        values = [r[key] for r in by_conc.values() if key in r]
+        if key.startswith("micro_batching_vs_bare_throughput"):
+            out[key] = by_conc[highest][key]
+        elif key.endswith(("_p99", "_p50")):
+            out[key] = max(values)
+        else:
+            out[key] = min(values)
+    out.setdefault("drift_on_vs_off_throughput", None)  # pending: no drift section yet
+    return out
+
+
+def check_targets(ratios: dict[str, float | None], worker_delta_mb: float) -> dict[str, dict]:
+    checks = {}
+    for key, (target, higher) in TARGETS.items():
+        value = ratios.get(key)
+        met = None if value is None else (value >= target if higher else value <= target)
+        checks[key] = {"target": f"{'>=' if higher else '<='} {target}", "value": value, "met": met}
+    checks["guarded_minus_bare_worker_rss_mb"] = {
+        "target": f"<= {MEMORY_TARGET_MB}",
+        "value": worker_delta_mb,
+        "met": worker_delta_mb <= MEMORY_TARGET_MB,
+    }
+    return checks
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "pending" if value is None else f"{value:,.{digits}f}"
+
+
+def _cpu(by_role: dict[str, float]) -> str:
+    worker = _fmt(by_role.get("worker"))
+    return f"{worker} + {_fmt(by_role['drift'])}" if "drift" in by_role else worker
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        (
+            "| scenario | concurrency | requests/s | rows/s | p50 ms | p99 ms | rows/s vs bare "
+            "| server CPU ms/request (worker + drift) | routes | errors |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---|---|---:|",
+    ]
+    for conc, scenarios in results["scenarios"].items():
+        bare = scenarios["bare"]["rows_per_s"]
+        for name, s in scenarios.items():
+            routes = ", ".join(f"{k} {v}" for k, v in sorted(s["routes"].items())) or "-"
+            lines.append(
+                f"| {name} | {conc} | {_fmt(s['requests_per_s'], 1)} | {_fmt(s['rows_per_s'], 1)} | "
+                f"{_fmt(s['p50_ms'])} | {_fmt(s['p99_ms'])} | {_fmt(s['rows_per_s'] / bare)} | "
+                f"{_cpu(s['server_cpu_ms_per_request'])} | {routes} | {s['errors']} |"
+            )
+    lines += ["", "| ratio (worst over concurrencies) | value | target | met |", "|---|---:|---|---|"]
+    for key, check in results["targets"].items():
+        met = {True: "yes", False: "**no**", None: "pending"}[check["met"]]
+        lines.append(f"| {key} | {_fmt(check['value'])} | {check['target']} | {met} |")
+    for key, value in results["ratios"].items():
+        if key not in results["targets"]:
+            lines.append(f"| {key} | {_fmt(value)} | - | - |")
+    roles = ("worker", "arbiter", "drift", "total")
+    lines += ["", "| server | RSS, MB: " + " | ".join(roles) + " |", "|---|" + "---:|" * len(roles)]
+    for when in ("start", "peak"):
+        for name, rss in results["memory"][f"{when}_rss_mb"].items():
+            cells = " | ".join(_fmt(rss[r], 1) if r in rss else "-" for r in roles)
+            lines.append(f"| {name}, {'before load' if when == 'start' else 'peak'} | {cells} |")
+    gen = results["generator"]
+    lines += [
+        "",
+        (
+            f"Load generator: at most {_fmt(gen['max_cpu_share'])} of one core "
+            f"({_fmt(gen['max_cpu_us_per_request'], 0)} us of CPU per request at most)."
+        ),
+    ]
+    return "\n".join(lines)
