@@ -22,7 +22,6 @@ from service.prediction import ROUTE_MODEL, Prediction
 
 log = logging.getLogger("mlguard.drift")
 
-BUFFER_ROWS = 20_000  # rows waiting for a flush at most; the oldest drop first
 FLUSH_ROWS = 5_000  # rows sent in one call at most
 CALL_TIMEOUT_S = 5.0  # a hung drift process holds the flush task no longer than this
 STARTUP_GRACE_S = 120.0  # the drift process starts after the workers (it loads evidently)
@@ -40,7 +39,7 @@ class DriftFeed:
         self._names = feature_names
         self._settings = settings
         self._count_error = count_error
-        self._buffer: deque[tuple[dict[str, Any], float | None]] = deque(maxlen=BUFFER_ROWS)
+        self._buffer: deque[tuple[dict[str, Any], float | None]] = deque()
         self._routing = False  # the drift process's last verdict
         self._failing = False
         self._last_error_count = -float("inf")
@@ -53,11 +52,17 @@ class DriftFeed:
         return self._client()
 
     def offer(self, rows: list[dict[str, Any]], predictions: list[Prediction]) -> None:
-        if self._settings().drift.enabled:
-            self._buffer.extend(
+        drift = self._settings().drift
+        if drift.enabled:
+            buffer = self._buffer
+            buffer.extend(
                 (row, p.probability if p.route == ROUTE_MODEL else None)
                 for row, p in zip(rows, predictions)
             )
+            # The window keeps only its last window_size rows, so older buffered rows would be
+            # pushed out on arrival anyway: drop them here and hold no more memory than that.
+            for _ in range(len(buffer) - drift.window_size):
+                buffer.popleft()
 
     def drift_active(self, cfg: Settings) -> bool:
         drift = cfg.drift

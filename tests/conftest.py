@@ -14,6 +14,7 @@ os.environ.setdefault("BENTOML_HOME", str(Path(__file__).resolve().parent.parent
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
 from tests.support.server import ServerProcess
+from tests.support.wait import wait_until  # noqa: F401 (tests import it from here)
 
 
 @pytest.fixture(scope="session")
@@ -36,15 +37,6 @@ def server(tmp_path_factory) -> Iterator[ServerProcess]:
 def client(server: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30) as c:
         yield c
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval_s)
-    return condition()
 
 
 @pytest.fixture

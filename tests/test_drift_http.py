@@ -18,7 +18,7 @@ import pytest
 
 from service.credit import CREDIT_FEATURES
 from tests.conftest import wait_until
-from tests.support.prometheus import PrometheusProcess
+from tests.support.prometheus import PrometheusProcess, scraping
 from tests.support.server import ROOT, ServerProcess
 from training.data import load_credit_data, split_data, to_rows
 
@@ -59,16 +59,12 @@ def client(drift_server: ServerProcess) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="module")
 def prometheus(drift_server: ServerProcess, tmp_path_factory) -> Iterator[PrometheusProcess]:
     """A real Prometheus scraping the drift server every second, with the shipped alert rules."""
-    prom = PrometheusProcess(
+    with scraping(
         tmp_path_factory.mktemp("prometheus"),
         targets=[f"127.0.0.1:{drift_server.port}"],
         rule_files=[ROOT / "deploy" / "prometheus" / "alerts.yml"],
-    ).start()
-    try:
-        assert wait_until(lambda: prom.value('up{job="mlguard"}') == 1.0, timeout_s=30), prom.log_tail()
+    ) as prom:
         yield prom
-    finally:
-        prom.stop()
 
 
 @pytest.fixture(scope="module")

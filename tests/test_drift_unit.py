@@ -208,6 +208,17 @@ def test_feed_sends_schema_fields_and_keeps_the_verdict() -> None:
     assert feed.drift_active(_settings(action="alert")) is False
 
 
+def test_feed_buffers_no_more_rows_than_the_window_keeps() -> None:
+    cfg = _settings(window_size=100, min_samples=50)
+    live = _LiveDrift(routing=False)
+    feed = DriftFeed(lambda: live, ["a"], lambda: cfg, lambda: None)
+    p = Prediction(request_id="x", probability=0.3, decision="approve", route="model", model_version="v")
+    for i in range(250):
+        feed.offer([{"a": i}], [p])
+    asyncio.run(feed.flush())
+    assert [r["a"] for r in live.received[0]] == list(range(150, 250))  # the newest 100, in order
+
+
 @pytest.mark.parametrize(("on_error", "active"), [("keep", True), ("clear", False)])
 def test_feed_with_a_dead_drift_process(on_error: str, active: bool) -> None:
     cfg = _settings(on_error=on_error)

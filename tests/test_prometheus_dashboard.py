@@ -18,7 +18,7 @@ import yaml
 from tests.conftest import wait_until
 from tests.support.data import GOOD_ROW, credit_rows
 from tests.support.metrics import scrape, total
-from tests.support.prometheus import PrometheusProcess, require_binary
+from tests.support.prometheus import PrometheusProcess, require_binary, scraping
 from tests.support.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,16 +138,10 @@ def test_a_missing_binary_skips_but_fails_under_ci(monkeypatch: pytest.MonkeyPat
 
 @pytest.fixture(scope="module")
 def prometheus(server: ServerProcess, tmp_path_factory) -> Iterator[PrometheusProcess]:
-    prom = PrometheusProcess(
-        tmp_path_factory.mktemp("prometheus"),
-        targets=[f"127.0.0.1:{server.port}"],
-        rule_files=[ALERTS],
-    ).start()
-    try:
-        assert wait_until(lambda: prom.value('up{job="mlguard"}') == 1.0, timeout_s=30), prom.log_tail()
+    with scraping(
+        tmp_path_factory.mktemp("prometheus"), targets=[f"127.0.0.1:{server.port}"], rule_files=[ALERTS]
+    ) as prom:
         yield prom
-    finally:
-        prom.stop()
 
 
 @pytest.fixture(scope="module")

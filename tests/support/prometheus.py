@@ -6,7 +6,8 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from tests.support.server import free_port
+from tests.support.wait import wait_until
 
 
 def require_binary(name: str) -> str:
@@ -102,3 +104,14 @@ class PrometheusProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         self._log.close()
+
+
+@contextmanager
+def scraping(workdir: Path, targets: list[str], rule_files: Sequence[Path] = ()) -> Iterator[PrometheusProcess]:
+    """A started Prometheus that has scraped its first target at least once; stopped on exit."""
+    prom = PrometheusProcess(workdir, targets=targets, rule_files=rule_files).start()
+    try:
+        assert wait_until(lambda: prom.value('up{job="mlguard"}') == 1.0, timeout_s=30), prom.log_tail()
+        yield prom
+    finally:
+        prom.stop()
