@@ -34,7 +34,7 @@ test: model
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check service monitors fallbacks training tests
+	$(BIN)/ruff check service monitors fallbacks training tests bench scripts
 
 # The Bento (bentofile.yaml), printed as its tag; `bentoml containerize <tag>` makes the image
 # (docs/DEPLOY.md). Requirements come pre-locked: BentoML's lock step needs the index via uv.

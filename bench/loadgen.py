@@ -33,6 +33,27 @@ class Trial:
     server_cpu_seconds: dict[str, float] = field(default_factory=dict)  # by role, filled by the caller
 
 
+class RequestCycle:
+    """Pre-encoded requests, handed out in turn and continued from one trial to the next.
+
+    Restarting every trial at the first request would send the same few dozen rows again and
+    again at concurrency 1: a shift in the served distribution that the drift monitor rightly
+    catches, and then routes to the rules.
+    """
+
+    def __init__(self, requests: list[bytes]) -> None:
+        self._requests = requests
+        self._next = 0
+
+    def __len__(self) -> int:
+        return len(self._requests)
+
+    def take(self) -> bytes:
+        request = self._requests[self._next % len(self._requests)]
+        self._next += 1
+        return request
+
+
 def encode_post(port: int, path: str, body: bytes) -> bytes:
     head = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
@@ -52,54 +73,86 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, await reader.readexactly(length)
 
 
-async def _connection(
-    port: int, requests: list[bytes], rows_per_request: int, stop_at: float, max_requests: int,
-    trial: Trial, counter: list[int],
-) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+@dataclass
+class Target:
+    """One server's side of a trial: where to send, what, and how many rows a request answers."""
+
+    port: int
+    requests: RequestCycle
+    rows_per_request: int = 1
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, target: Target,
+                    trial: Trial) -> float:
+    """One request and its answer, recorded in the trial; returns the seconds it took."""
+    started = time.perf_counter()
+    writer.write(target.requests.take())
+    status, body = await _read_response(reader)
+    took = time.perf_counter() - started
+    if status != 200:
+        trial.errors += 1
+        return took
+    trial.latencies.append(took)
+    trial.requests += 1
+    trial.rows += target.rows_per_request
+    for route in ROUTE.findall(body):
+        trial.routes[route.decode()] += 1
+    return took
+
+
+async def _connection(target: Target, stop_at: float, trial: Trial) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
     try:
-        while time.perf_counter() < stop_at and counter[0] < max_requests:
-            i = counter[0]
-            counter[0] += 1
-            started = time.perf_counter()
-            writer.write(requests[i % len(requests)])
-            status, body = await _read_response(reader)
-            if status != 200:
-                trial.errors += 1
-                continue
-            trial.latencies.append(time.perf_counter() - started)
-            trial.requests += 1
-            trial.rows += rows_per_request
-            for route in ROUTE.findall(body):
-                trial.routes[route.decode()] += 1
+        while time.perf_counter() < stop_at:
+            await _exchange(reader, writer, target, trial)
     except (ConnectionError, asyncio.IncompleteReadError):
         trial.errors += 1
     finally:
         writer.close()
 
 
-async def _run(
-    port: int, requests: list[bytes], rows_per_request: int, concurrency: int, seconds: float,
-    max_requests: int,
-) -> Trial:
+async def _run(target: Target, concurrency: int, seconds: float) -> Trial:
     trial = Trial()
-    counter = [0]
     cpu, wall = time.process_time(), time.perf_counter()
-    await asyncio.gather(
-        *(
-            _connection(port, requests, rows_per_request, wall + seconds, max_requests, trial, counter)
-            for _ in range(concurrency)
-        )
-    )
+    await asyncio.gather(*(_connection(target, wall + seconds, trial) for _ in range(concurrency)))
     trial.seconds = time.perf_counter() - wall
     trial.cpu_seconds = time.process_time() - cpu
     return trial
 
 
-def run_trial(
-    port: int, requests: list[bytes], concurrency: int, seconds: float, *,
-    rows_per_request: int = 1, max_requests: int = 1_000_000,
-) -> Trial:
-    """Measure for `seconds`, bounded by max_requests too."""
+async def _alternate(targets: list[Target], seconds: float) -> list[Trial]:
+    trials = [Trial() for _ in targets]
+    connections = [await asyncio.open_connection("127.0.0.1", t.port) for t in targets]
+    cpu, stop_at = time.process_time(), time.perf_counter() + seconds
+    try:
+        while time.perf_counter() < stop_at:
+            for (reader, writer), target, trial in zip(connections, targets, trials):
+                trial.seconds += await _exchange(reader, writer, target, trial)
+    except (ConnectionError, asyncio.IncompleteReadError):
+        for trial in trials:
+            trial.errors += 1
+    finally:
+        for _, writer in connections:
+            writer.close()
+    busy = sum(t.seconds for t in trials) or 1.0
+    for trial in trials:  # the generator's CPU, shared out by the time each side took
+        trial.cpu_seconds = (time.process_time() - cpu) * trial.seconds / busy
+    return trials
+
+
+def run_trial(target: Target, concurrency: int, seconds: float) -> Trial:
+    """Measure one server for `seconds` with `concurrency` connections."""
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(_run(port, requests, rows_per_request, concurrency, seconds, max_requests))
+        return runner.run(_run(target, concurrency, seconds))
+
+
+def run_alternating(targets: list[Target], seconds: float) -> list[Trial]:
+    """Concurrency 1 on several servers at once, request by request in turn, for `seconds`.
+
+    Only one server works at any moment, and consecutive requests to each side are a few
+    milliseconds apart, so every side meets the same machine: the finest A B A B interleaving.
+    A side's `seconds` is the time its own requests took, so its throughput is what one
+    connection to it alone would see.
+    """
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(_alternate(targets, seconds))

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import psutil
 
-from bench.loadgen import encode_post, run_trial
+from bench.loadgen import RequestCycle, Target, encode_post, run_trial
 from bench.run import BENCH, rows_on_route
 from bench.servers import (
     BARE_TARGET,
-    drift_section_exists,
     role,
     wait_for_drift_process,
     wait_quiet,
@@ -73,17 +72,18 @@ def main(argv: list[str] | None = None) -> int:
             rows = rows_on_route(guarded, "heuristic" if forced else "model")
             if args.bare:
                 server = ServerProcess(target=BARE_TARGET, workdir=Path(tmp) / "bare").start()
-            elif drift_section_exists():
+            else:
                 wait_for_drift_process(server)
             wait_quiet(server)
-            requests = [encode_post(server.port, "/predict", json.dumps(r).encode()) for r in rows]
+            target = Target(server.port, RequestCycle(
+                [encode_post(server.port, "/predict", json.dumps(r).encode()) for r in rows]))
             spy = subprocess.Popen(
                 [PY_SPY, "record", "--pid", str(pid_of(server, args.role)), "--duration", str(int(args.seconds)),
                  "--rate", "200", "--format", "raw", "--output", str(out), "--nonblocking"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
             with ThreadPoolExecutor(1) as pool:
-                load = pool.submit(run_trial, server.port, requests, args.concurrency, args.seconds + 2)
+                load = pool.submit(run_trial, target, args.concurrency, args.seconds + 2)
                 spy.wait(args.seconds + 60)
                 trial = load.result()
             print(f"load: {trial.requests / trial.seconds:.1f} requests/s, {trial.errors} errors, "

@@ -50,50 +50,68 @@ def summarize(trials: list[Trial]) -> dict:
     }
 
 
+def summarize_steps(steps: list[dict[str, Trial]]) -> dict[str, dict]:
+    """Per scenario, over every step it ran in; bare first, then in order of appearance."""
+    names = list(dict.fromkeys(["bare", *(n for step in steps for n in step)]))
+    return {n: summarize([step[n] for step in steps if n in step]) for n in names}
+
+
 def route_share(summary: dict, route: str) -> float:
     rows = sum(summary["routes"].values())
     return summary["routes"].get(route, 0) / rows if rows else 0.0
 
 
-def _paired_ratio(a: list[Trial], b: list[Trial]) -> float:
-    """Median over pairs of b/a rows per second."""
-    return statistics.median((tb.rows / tb.seconds) / (ta.rows / ta.seconds) for ta, tb in zip(a, b))
+def _rate(trial: Trial) -> float:
+    return trial.rows / trial.seconds
 
 
-def _worker_cpu(summary: dict) -> float:
-    return summary["server_cpu_ms_per_request"].get("worker", float("nan"))
+def _beside(steps: list[dict[str, Trial]], a: str, b: str) -> list[tuple[Trial, Trial]]:
+    """(a, b) from every step in which both ran."""
+    return [(step[a], step[b]) for step in steps if a in step and b in step]
 
 
-def ratios_at(
-    trials: dict[str, list[Trial]], bare_beside: dict[str, list[Trial]], summary: dict[str, dict]
-) -> dict[str, float]:
-    """Ratios at one concurrency. Against bare: each trial over the bare trial run right beside
-    it; p50 and p99 over all trials pooled (a percentile of one short trial is too noisy)."""
+def paired_ratio(steps: list[dict[str, Trial]], a: str, b: str) -> float:
+    """Geometric mean over steps of b's rows per second over a's: with a handful of steps, a
+    median would throw most of them away, and machine noise is multiplicative."""
+    return statistics.geometric_mean(_rate(tb) / _rate(ta) for ta, tb in _beside(steps, a, b))
 
-    def vs_bare(name: str) -> float:
-        return _paired_ratio(bare_beside[name], trials[name])
 
-    out = {
-        "guarded_vs_bare_throughput": vs_bare("guarded"),
-        "guarded_vs_bare_p99": summary["guarded"]["p99_ms"] / summary["bare"]["p99_ms"],
-        "guarded_vs_bare_p50": summary["guarded"]["p50_ms"] / summary["bare"]["p50_ms"],
-        "heuristic_vs_bare_throughput": vs_bare("heuristic"),
-        "batch_vs_single_rows_per_s": _paired_ratio(trials["guarded"], trials["batch"]),
-        "micro_batching_vs_bare_throughput": vs_bare("micro_batching"),
-        "micro_batching_vs_bare_p99": summary["micro_batching"]["p99_ms"] / summary["bare"]["p99_ms"],
-        "guarded_vs_bare_worker_cpu_per_request": _worker_cpu(summary["guarded"])
-        / _worker_cpu(summary["bare"]),
+def pooled_percentile_ratio(steps: list[dict[str, Trial]], a: str, b: str, q: float) -> float:
+    """A latency percentile of b's trials pooled over that of the a trials beside them (a
+    percentile of one short trial is too noisy)."""
+    pairs = _beside(steps, a, b)
+    return (percentile([x for _, t in pairs for x in t.latencies], q)
+            / percentile([x for t, _ in pairs for x in t.latencies], q))
+
+
+def _worker_cpu_ms(trials: list[Trial]) -> float:
+    return summarize(trials)["server_cpu_ms_per_request"].get("worker", float("nan"))
+
+
+def ratios_at(steps: list[dict[str, Trial]], drift_on: str, drift_off: str) -> dict[str, float]:
+    """Ratios at one concurrency, each within the steps where both sides ran."""
+    pairs = _beside(steps, "bare", "guarded")
+    return {
+        "guarded_vs_bare_throughput": paired_ratio(steps, "bare", "guarded"),
+        "guarded_vs_bare_p99": pooled_percentile_ratio(steps, "bare", "guarded", 0.99),
+        "guarded_vs_bare_p50": pooled_percentile_ratio(steps, "bare", "guarded", 0.50),
+        "heuristic_vs_bare_throughput": paired_ratio(steps, "bare", "heuristic"),
+        # Each against its own bare: batch and single requests to one server cannot share a step.
+        "batch_vs_single_rows_per_s": paired_ratio(steps, "bare", "batch")
+        / paired_ratio(steps, "bare", "guarded"),
+        "micro_batching_vs_bare_throughput": paired_ratio(steps, "bare", "micro_batching"),
+        "micro_batching_vs_bare_p99": pooled_percentile_ratio(steps, "bare", "micro_batching", 0.99),
+        "drift_on_vs_off_throughput": paired_ratio(steps, drift_off, drift_on),
+        "guarded_vs_bare_worker_cpu_per_request": _worker_cpu_ms([g for _, g in pairs])
+        / _worker_cpu_ms([b for b, _ in pairs]),
     }
-    if "drift_on" in trials:  # the two sides ran apart: each is taken against its own bare pair
-        out["drift_on_vs_off_throughput"] = vs_bare("drift_on") / vs_bare("drift_off")
-    return out
 
 
-def headline_ratios(by_conc: dict[int, dict[str, float]]) -> dict[str, float | None]:
+def headline_ratios(by_conc: dict[int, dict[str, float]]) -> dict[str, float]:
     """The worst value over the concurrencies measured; micro-batching's is at the highest one."""
     highest = max(by_conc)
     keys = {k for r in by_conc.values() for k in r}
-    out: dict[str, float | None] = {}
+    out: dict[str, float] = {}
     for key in sorted(keys):
         values = [r[key] for r in by_conc.values() if key in r]
         if key.startswith("micro_batching_vs_bare_throughput"):
@@ -102,15 +120,14 @@ def headline_ratios(by_conc: dict[int, dict[str, float]]) -> dict[str, float | N
             out[key] = max(values)
         else:
             out[key] = min(values)
-    out.setdefault("drift_on_vs_off_throughput", None)  # pending: no drift section yet
     return out
 
 
-def check_targets(ratios: dict[str, float | None], worker_delta_mb: float) -> dict[str, dict]:
+def check_targets(ratios: dict[str, float], worker_delta_mb: float) -> dict[str, dict]:
     checks = {}
     for key, (target, higher) in TARGETS.items():
-        value = ratios.get(key)
-        met = None if value is None else (value >= target if higher else value <= target)
+        value = ratios[key]
+        met = value >= target if higher else value <= target
         checks[key] = {"target": f"{'>=' if higher else '<='} {target}", "value": value, "met": met}
     checks["guarded_minus_bare_worker_rss_mb"] = {
         "target": f"<= {MEMORY_TARGET_MB}",
@@ -121,7 +138,7 @@ def check_targets(ratios: dict[str, float | None], worker_delta_mb: float) -> di
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
-    return "pending" if value is None else f"{value:,.{digits}f}"
+    return "-" if value is None else f"{value:,.{digits}f}"
 
 
 def _cpu(by_role: dict[str, float]) -> str:
@@ -148,7 +165,7 @@ def markdown(results: dict) -> str:
             )
     lines += ["", "| ratio (worst over concurrencies) | value | target | met |", "|---|---:|---|---|"]
     for key, check in results["targets"].items():
-        met = {True: "yes", False: "**no**", None: "pending"}[check["met"]]
+        met = "yes" if check["met"] else "**no**"
         lines.append(f"| {key} | {_fmt(check['value'])} | {check['target']} | {met} |")
     for key, value in results["ratios"].items():
         if key not in results["targets"]:

@@ -16,6 +16,7 @@ import random
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
 
@@ -23,14 +24,15 @@ import httpx
 from tqdm import tqdm
 
 from bench import report
-from bench.loadgen import Trial, encode_post, run_trial
+from bench.loadgen import RequestCycle, Target, Trial, encode_post, run_alternating, run_trial
 from bench.servers import (
     PeakMemory,
     apply_config,
     config_text,
     configurations,
     cpu_seconds,
-    drift_section_exists,
+    drift_server,
+    drift_sides,
     start_servers,
     stop_all,
 )
@@ -42,10 +44,43 @@ BENCH = ROOT / "bench"
 TABLE_START, TABLE_END = "<!-- bench:table:start -->", "<!-- bench:table:end -->"
 EXPECTED_ROUTE = {"guarded": "model", "batch": "model", "heuristic": "heuristic", "drift_on": "model",
                   "drift_off": "model", "micro_batching": "model"}
-SIZES = {  # seconds measured per trial, warm-up per trial, repeats
-    "quick": (1.2, 0.3, 3),
-    "full": (5.0, 1.0, 5),
+
+
+@dataclass(frozen=True)
+class Size:
+    """How long a run measures. Many short pairs rather than a few long ones: this machine's speed
+    wanders over seconds, and only a bare trial run right beside its scenario sees the same machine
+    (docs/BENCHMARKS.md, "Interleaved and paired").
+
+    Time goes where the targets are tight. Guarded and drift on/off must come within 5-10 % of
+    their partner, and a p99 is only as steady as the hundreds of answers behind it; heuristic,
+    micro-batching and batch are several times away from their targets, so their trials (and the
+    bare trials beside them) get `other_share` of the time.
+    """
+
+    seconds: float  # per trial and side at concurrency 1, after a short warm-up
+    # At higher concurrency: long enough for several requests a connection. No warm-up: the server
+    # is loaded from the first request, and waiting for a warm-up's last answers costs a latency.
+    seconds_concurrent: float
+    other_share: float
+    repeats: int
+
+
+WARMUP_S = 0.15  # concurrency 1: a few requests to each side before measuring
+
+SIZES = {
+    "quick": Size(seconds=2.5, seconds_concurrent=4.0, other_share=0.15, repeats=4),
+    "full": Size(seconds=6.0, seconds_concurrent=10.0, other_share=0.15, repeats=8),
 }
+
+
+@dataclass(frozen=True)
+class Group:
+    """Scenarios measured in one step, beside bare, under one configuration of the guarded server."""
+
+    config: str
+    scenarios: list[str]
+    tight: bool  # its ratios have targets close to 1 (see Size)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -77,13 +112,13 @@ def rows_on_route(server: ServerProcess, route: str = "model", wanted: int = 200
     return picked[:wanted]
 
 
-def requests_for(port: int, rows: list[dict], batch_rows: int) -> dict[str, list[bytes]]:
+def requests_for(port: int, rows: list[dict], batch_rows: int) -> dict[str, RequestCycle]:
     single = [encode_post(port, "/predict", json.dumps(row).encode()) for row in rows]
     batches = [
         encode_post(port, "/predict_batch", json.dumps({"applications": rows[i : i + batch_rows]}).encode())
         for i in range(0, len(rows) - batch_rows + 1, batch_rows // 2 or 1)
     ]
-    return {"single": single, "batch": batches}
+    return {"single": RequestCycle(single), "batch": RequestCycle(batches)}
 
 
 def machine() -> dict:
@@ -104,92 +139,136 @@ def machine() -> dict:
     }
 
 
-def plan_groups(configs: dict[str, dict]) -> list[tuple[str, list[str]]]:
-    """(guarded configuration, the scenarios measured under it)."""
-    return [("guarded", ["guarded", "batch"])] + [(name, [name]) for name in configs if name != "guarded"]
+def plan_groups(configs: dict[str, dict], drift_name: str) -> list[Group]:
+    """The drift server runs the guarded configuration with drift switched, so it is measured beside
+    the guarded scenario. No two of one step share a server except bare's: each server's CPU time
+    is its scenario's."""
+    return [Group("guarded", ["guarded", drift_name], tight=True), Group("guarded", ["batch"], tight=False)] + [
+        Group(name, [name], tight=False) for name in configs if name != "guarded"
+    ]
 
 
 class Runner:
-    """Runs one measured trial: warm-up, then the window, with the server's CPU time around it."""
+    """Runs measured trials, with the servers' CPU time around them."""
 
     def __init__(self, procs: dict[str, ServerProcess], rows: list[dict], args: argparse.Namespace):
         self.procs = procs
-        self.seconds, self.warmup, _ = SIZES[args.size]
-        self.batch_rows = args.batch_rows
+        self.size = SIZES[args.size]
         self.payloads = {name: requests_for(p.port, rows, args.batch_rows) for name, p in procs.items()}
+        self.batch_rows = args.batch_rows
 
-    def __call__(self, name: str, concurrency: int) -> Trial:
-        server = self.procs["bare" if name == "bare" else "guarded"]
+    def _server_name(self, name: str) -> str:
+        """bare and the drift server are servers of their own; the rest are the guarded server's."""
+        return name if name in self.procs else "guarded"
+
+    def _server(self, name: str) -> ServerProcess:
+        return self.procs[self._server_name(name)]
+
+    def _target(self, name: str) -> Target:
         batch = name == "batch"
-        requests = self.payloads["bare" if name == "bare" else "guarded"]["batch" if batch else "single"]
-        if self.warmup > 0:
-            run_trial(server.port, requests, concurrency, self.warmup)
+        requests = self.payloads[self._server_name(name)]["batch" if batch else "single"]
+        return Target(self._server(name).port, requests, self.batch_rows if batch else 1)
+
+    def warm_up(self, concurrencies: list[int], seconds: float = 1.0) -> None:
+        """Every server at every concurrency once before measuring: the first load at 16 starts
+        the model threads (lazily, in BentoML's pool and in the guard's) and grows the heap; it
+        made the first trial's p99 ~40 % above the rest."""
+        for name in self.procs:
+            for c in concurrencies:
+                run_trial(self._target(name), c, seconds)
+
+    def _share(self, tight: bool) -> float:
+        return 1.0 if tight else self.size.other_share
+
+    def alone(self, name: str, concurrency: int, tight: bool) -> Trial:
+        """One server, `concurrency` connections (more than one)."""
+        server, target = self._server(name), self._target(name)
         before = cpu_seconds(server.proc.pid)
-        trial = run_trial(server.port, requests, concurrency, self.seconds,
-                          rows_per_request=self.batch_rows if batch else 1)
-        after = cpu_seconds(server.proc.pid)
-        trial.server_cpu_seconds = {r: after[r] - before.get(r, 0.0) for r in after}
+        trial = run_trial(target, concurrency, self.size.seconds_concurrent * self._share(tight))
+        trial.server_cpu_seconds = _minus(cpu_seconds(server.proc.pid), before)
         return trial
+
+    def alternating(self, names: list[str], tight: bool) -> list[Trial]:
+        """Concurrency 1, request by request in turn (bench/loadgen.py), each side for about as long
+        as it would run alone; each server's CPU is its own."""
+        servers, targets = [self._server(n) for n in names], [self._target(n) for n in names]
+        run_alternating(targets, WARMUP_S * len(targets))
+        before = [cpu_seconds(s.proc.pid) for s in servers]
+        trials = run_alternating(targets, self.size.seconds * self._share(tight) * len(targets))
+        for trial, server, b in zip(trials, servers, before):
+            trial.server_cpu_seconds = _minus(cpu_seconds(server.proc.pid), b)
+        return trials
+
+
+def _minus(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {r: after[r] - before.get(r, 0.0) for r in after}
 
 
 def measure(args: argparse.Namespace) -> dict:
-    """Every guarded scenario is measured right beside a bare trial (before it or after, in turn),
-    and ratios against bare are taken within those pairs: on a shared machine, load comes and goes
-    over seconds, and a pair sees the same load."""
-    _, _, repeats = SIZES[args.size]
+    """Every scenario is measured right beside a bare trial, in steps: the trials of one step ran
+    side by side, and ratios are taken within steps. On a shared machine, speed comes and goes over
+    seconds, and one step sees one machine. At concurrency 1 a step's servers are loaded at once,
+    request by request in turn; at higher concurrency one side cannot wait while another works, so
+    trials follow each other, bare before or after its scenarios in turn."""
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     configs = configurations(max(concurrencies))
     texts = {name: config_text(overrides) for name, overrides in configs.items()}
-    groups = plan_groups(configs)
-    names = ["bare"] + [n for _, group in groups for n in group]
-    trials: dict[int, dict[str, list[Trial]]] = {c: {n: [] for n in names} for c in concurrencies}
-    beside: dict[int, dict[str, list[Trial]]] = {c: {n: [] for n in names} for c in concurrencies}
+    drift_name, _ = drift_server(max(concurrencies))
+    groups = plan_groups(configs, drift_name)
     with tempfile.TemporaryDirectory(prefix="mlguard-bench-") as tmp:
-        print(f"starting bare and guarded ({args.workers} worker(s) each) ...", file=sys.stderr)
+        print(f"starting bare, guarded and {drift_name} ({args.workers} worker(s) each) ...", file=sys.stderr)
         procs = start_servers(args.workers, max(concurrencies), Path(tmp))
         try:
-            run = Runner(procs, rows_on_route(procs["guarded"]), args)
-            n_trials = repeats * len(concurrencies) * sum(len(group) + 1 for _, group in groups)
-            with PeakMemory(procs) as memory, tqdm(total=n_trials, desc=f"bench {args.size}", unit="trial") as bar:
-                for r in range(repeats):
-                    for k in range(len(groups)):
-                        config, group = groups[(k + r) % len(groups)]  # rotate who goes first
-                        apply_config(procs["guarded"], texts[config], args.workers)
-                        for c in concurrencies:
-                            order = ["bare", *group] if (r + k) % 2 == 0 else [*group, "bare"]
-                            done = {name: run(name, c) for name in order}
-                            for name, trial in done.items():
-                                trials[c][name].append(trial)
-                                beside[c][name].append(done["bare"])
-                            bar.update(len(order))
+            with PeakMemory(procs) as memory:  # "before load" is sampled here, before any request
+                run = Runner(procs, rows_on_route(procs["guarded"]), args)
+                run.warm_up(concurrencies)
+                steps = run_steps(run, groups, texts, concurrencies, args)
         finally:
             stop_all(procs)
-    return assemble(args, trials, beside, memory, concurrencies, len(run.payloads["guarded"]["single"]))
+    return assemble(args, steps, memory, len(run.payloads["guarded"]["single"]))
 
 
-def assemble(args, trials, beside, memory: PeakMemory, concurrencies, n_rows) -> dict:
-    summary = {c: {n: report.summarize(t) for n, t in trials[c].items()} for c in concurrencies}
-    # The guarded scenario runs the shipped drift default: it stands in for that side of (d).
-    default_side = "drift_on" if "drift_off" in trials[concurrencies[0]] else "drift_off"
-    paired = {c: {**trials[c], default_side: trials[c]["guarded"]} for c in concurrencies}
-    paired_beside = {c: {**beside[c], default_side: beside[c]["guarded"]} for c in concurrencies}
-    by_conc = {c: report.ratios_at(paired[c], paired_beside[c], summary[c]) for c in concurrencies}
+def run_steps(run: Runner, groups: list[Group], texts: dict[str, str], concurrencies: list[int],
+              args: argparse.Namespace) -> dict[int, list[dict[str, Trial]]]:
+    """Per repeat, every group in rotating order, bare first or last in turn."""
+    repeats = SIZES[args.size].repeats
+    steps: dict[int, list[dict[str, Trial]]] = {c: [] for c in concurrencies}
+    with tqdm(total=repeats * len(concurrencies) * len(groups), desc=f"bench {args.size}", unit="step") as bar:
+        for r in range(repeats):
+            for k in range(len(groups)):
+                group = groups[(k + r) % len(groups)]
+                apply_config(run.procs["guarded"], texts[group.config], args.workers)
+                order = ["bare", *group.scenarios] if (r + k) % 2 == 0 else [*group.scenarios, "bare"]
+                for c in concurrencies:
+                    if c == 1:
+                        steps[c].append(dict(zip(order, run.alternating(order, group.tight))))
+                    else:
+                        steps[c].append({n: run.alone(n, c, group.tight) for n in order})
+                    bar.update()
+    return steps
+
+
+def assemble(args, steps: dict[int, list[dict[str, Trial]]], memory: PeakMemory, n_rows: int) -> dict:
+    concurrencies = list(steps)
+    summary = {c: report.summarize_steps(steps[c]) for c in concurrencies}
+    on, off = drift_sides()
+    by_conc = {c: report.ratios_at(steps[c], drift_on=on, drift_off=off) for c in concurrencies}
     ratios = report.headline_ratios(by_conc)
     peak_mb = {name: {r: b / 2**20 for r, b in roles.items()} for name, roles in memory.peak.items()}
     start_mb = {name: {r: b / 2**20 for r, b in roles.items()} for name, roles in memory.start.items()}
     delta = peak_mb["guarded"]["worker"] - peak_mb["bare"]["worker"]
     gen = [s for per_c in summary.values() for s in per_c.values()]
-    seconds, warmup, repeats = SIZES[args.size]
     return {
         "size": args.size,
         "command": "make bench" if args.size == "full" else "make bench-quick",
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
         "settings": {
-            "workers": args.workers, "concurrency": concurrencies, "seconds_per_trial": seconds,
-            "warmup_s_per_trial": warmup, "repeats": repeats, "batch_rows": args.batch_rows,
-            "distinct_rows": n_rows, "guarded_configurations": configurations(max(concurrencies)),
-            "drift_default_side": default_side if drift_section_exists() else None,
+            "workers": args.workers, "concurrency": concurrencies, **asdict(SIZES[args.size]),
+            "batch_rows": args.batch_rows, "distinct_rows": n_rows,
+            "guarded_configurations": configurations(max(concurrencies)),
+            "drift_server": dict([drift_server(max(concurrencies))]),
+            "drift_sides": {"on": on, "off": off},
         },
         "scenarios": {str(c): summary[c] for c in concurrencies},
         "ratios": ratios,
@@ -216,15 +295,15 @@ def assemble(args, trials, beside, memory: PeakMemory, concurrencies, n_rows) ->
 
 
 def write_doc(path: Path, results: dict) -> None:
-    m = results["machine"]
+    m, st = results["machine"], results["settings"]
     block = "\n".join([
         TABLE_START,
         (f"Measured {results['finished_at']} by `{results['command']}` on {m['cpus']} CPUs "
         f"({m['cpu']}), {m['memory_gb']} GB, Linux {m['kernel']}, Python {m['python']}, "
         f"BentoML {m['bentoml']}, scikit-learn {m['scikit_learn']}; load average at start "
-        f"{m['load_average_at_start']}. {results['settings']['workers']} worker(s) per server, "
-        f"{results['settings']['repeats']} repeats of {results['settings']['seconds_per_trial']} s "
-        "per scenario and concurrency."),
+        f"{m['load_average_at_start']}. {st['workers']} worker(s) per server, {st['repeats']} "
+        f"repeats per scenario and concurrency, each {st['seconds']} s a side at concurrency 1 "
+        f"(alternating with bare request by request) and {st['seconds_concurrent']} s above."),
         "",
         report.markdown(results),
         "",

@@ -1,8 +1,11 @@
-"""The two servers a run compares (bare, guarded), the guarded one's configurations, and memory.
+"""The servers a run compares, the guarded one's configurations, and memory.
 
-The guarded scenarios (model path, forced heuristic, drift on/off, micro-batching) are hot-reloaded
-configurations of one guarded server rather than servers of their own: the same process answers
-every one of them (no difference in heap or placement), and the run starts two servers, not five.
+Three servers: bare BentoML, the guarded service, and the guarded service with drift monitoring
+switched from the shipped default (for the drift on/off pair). The other guarded scenarios (model
+path, forced heuristic, micro-batching) are hot-reloaded configurations of the one guarded server
+rather than servers of their own: the same process answers every one of them (no difference in
+heap or placement). Drift gets a server of its own so that its two sides can run side by side,
+request by request, like every scenario and bare (bench/run.py).
 """
 from __future__ import annotations
 
@@ -23,28 +26,39 @@ from tests.support.server import ServerProcess
 BARE_TARGET = "bench.bare_service:BareCreditService"
 
 
-def drift_section_exists() -> bool:
-    """The drift monitor's config section (drift.enabled) may not have landed yet."""
-    return "drift" in Settings.model_fields and "enabled" in type(Settings().drift).model_fields
+def _base(model_concurrency: int) -> dict:
+    """A deadline far above any queueing this machine produces and as many model slots as the
+    highest concurrency, so the model path is what is measured, not timeouts or overload (which
+    route to the rules); the bare server gets the same number of model threads. Config polled
+    every 0.25 s, so switching scenarios waits less."""
+    return {
+        "model": {"timeout_ms": 10000, "max_concurrency": model_concurrency, "micro_batching": False},
+        "reload": {"interval_s": 0.25},
+    }
 
 
 def configurations(model_concurrency: int) -> dict[str, dict]:
-    """Config overrides of each guarded scenario, on top of config/mlguard.yaml.
-
-    Every one gets a deadline far above any queueing this machine produces and as many model slots
-    as the highest concurrency, so the model path is what is measured, not timeouts or overload
-    (which route to the rules); the bare server gets the same number of model threads.
-    """
-    base = {"model": {"timeout_ms": 10000, "max_concurrency": model_concurrency, "micro_batching": False}}
-    configs = {
+    """Config overrides of each scenario hot-reloaded on the guarded server, on top of
+    config/mlguard.yaml."""
+    base = _base(model_concurrency)
+    return {
         "guarded": base,
         "heuristic": {**base, "routing": {"mode": "fallback"}},
         "micro_batching": {"model": {**base["model"], "micro_batching": True}},
     }
-    if drift_section_exists():
-        default_on = Settings().drift.enabled  # the guarded scenario runs the shipped default
-        configs["drift_off" if default_on else "drift_on"] = {**base, "drift": {"enabled": not default_on}}
-    return configs
+
+
+def drift_sides() -> tuple[str, str]:
+    """(drift on, drift off): the guarded scenario runs the shipped default and stands for that side;
+    the drift server (named after its side) runs the other."""
+    return ("guarded", "drift_off") if Settings().drift.enabled else ("drift_on", "guarded")
+
+
+def drift_server(model_concurrency: int) -> tuple[str, dict]:
+    """The drift server's scenario name and config overrides."""
+    on, off = drift_sides()
+    name = off if on == "guarded" else on
+    return name, {**_base(model_concurrency), "drift": {"enabled": name == on}}
 
 
 def config_text(overrides: dict) -> str:
@@ -55,16 +69,21 @@ def config_text(overrides: dict) -> str:
 
 
 def start_servers(workers: int, model_concurrency: int, root: Path) -> dict[str, ServerProcess]:
-    """Start bare and guarded at once (startup is mostly waiting); stop both if one fails."""
+    """Start all servers at once (startup is mostly waiting); stop them all if one fails."""
+    drift_name, drift_overrides = drift_server(model_concurrency)
+    guarded = {
+        "guarded": configurations(model_concurrency)["guarded"],
+        drift_name: drift_overrides,
+    }
     procs = {
         "bare": ServerProcess(
             target=BARE_TARGET, workdir=root / "bare", workers=workers,
             env={"BARE_WORKERS": str(workers), "BARE_THREADS": str(model_concurrency)},
         ),
-        "guarded": ServerProcess(
-            workdir=root / "guarded", workers=workers,
-            config_text=config_text(configurations(model_concurrency)["guarded"]),
-        ),
+        **{
+            name: ServerProcess(workdir=root / name, workers=workers, config_text=config_text(overrides))
+            for name, overrides in guarded.items()
+        },
     }
     with ThreadPoolExecutor(len(procs)) as pool:
         futures = [pool.submit(p.start, 180) for p in procs.values()]
@@ -73,8 +92,8 @@ def start_servers(workers: int, model_concurrency: int, root: Path) -> dict[str,
         stop_all(procs)
         raise errors[0]
     try:
-        if drift_section_exists():
-            wait_for_drift_process(procs["guarded"])
+        for name in guarded:
+            wait_for_drift_process(procs[name])
         for p in procs.values():
             wait_quiet(p)
     except TimeoutError:

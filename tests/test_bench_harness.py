@@ -1,0 +1,87 @@
+"""The benchmark's own machinery (bench/): the load generator against a real server, and the
+arithmetic that turns trials into the ratios the targets are judged on."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench.loadgen import RequestCycle, Target, Trial, encode_post, run_alternating, run_trial
+from bench.report import check_targets, paired_ratio, pooled_percentile_ratio, ratios_at
+from tests.support.data import GOOD_ROW
+from tests.support.server import ServerProcess
+
+
+def _cycle(port: int, n: int) -> RequestCycle:
+    rows = [{**GOOD_ROW, "amount": 500 + i} for i in range(n)]
+    return RequestCycle([encode_post(port, "/predict", json.dumps(r).encode()) for r in rows])
+
+
+def test_request_cycle_continues_from_one_trial_to_the_next() -> None:
+    # Restarting at the first request every trial replays the same few rows: a drift the monitor
+    # catches, which then routes the "model path" to the rules.
+    cycle = RequestCycle([b"a", b"b", b"c"])
+    assert [cycle.take() for _ in range(2)] == [b"a", b"b"]
+    assert [cycle.take() for _ in range(3)] == [b"c", b"a", b"b"]
+
+
+def test_a_trial_answers_and_counts_every_request(server: ServerProcess) -> None:
+    target = Target(server.port, _cycle(server.port, 50))
+    trial = run_trial(target, concurrency=4, seconds=0.5)
+    assert trial.errors == 0
+    assert trial.requests > 0 and trial.rows == trial.requests == len(trial.latencies)
+    assert sum(trial.routes.values()) == trial.requests
+    assert trial.seconds >= 0.5
+
+
+def test_alternating_sides_take_turns_and_own_their_time(server: ServerProcess) -> None:
+    a = Target(server.port, _cycle(server.port, 20))
+    b = Target(server.port, _cycle(server.port, 20))
+    ta, tb = run_alternating([a, b], seconds=0.6)
+    assert ta.errors == tb.errors == 0
+    assert abs(ta.requests - tb.requests) <= 1  # strictly in turn
+    # A side's seconds are its own requests' time: the sum of its latencies, not the wall time.
+    assert ta.seconds == pytest.approx(sum(ta.latencies))
+    assert tb.seconds == pytest.approx(sum(tb.latencies))
+    assert ta.seconds + tb.seconds >= 0.6
+
+
+def _trial(rate: float, latencies: list[float] | None = None) -> Trial:
+    return Trial(requests=int(rate), rows=int(rate), seconds=1.0, latencies=latencies or [],
+                 server_cpu_seconds={"worker": 0.01 * rate})
+
+
+def test_ratios_are_taken_within_steps() -> None:
+    # The machine is twice as fast in the second step; within each step guarded runs at 0.9 of bare.
+    steps = [
+        {"bare": _trial(100), "guarded": _trial(90), "drift_off": _trial(90)},
+        {"bare": _trial(200), "guarded": _trial(180), "drift_off": _trial(200)},
+        {"bare": _trial(100), "heuristic": _trial(500)},
+    ]
+    assert paired_ratio(steps, "bare", "guarded") == pytest.approx(0.9)
+    assert paired_ratio(steps, "bare", "heuristic") == pytest.approx(5.0)  # only where both ran
+    assert paired_ratio(steps, "drift_off", "guarded") == pytest.approx(math.sqrt(0.9))
+
+
+def test_percentiles_are_pooled_against_the_bare_trials_beside_them() -> None:
+    steps = [
+        {"bare": _trial(100, [0.010] * 99 + [0.020]), "guarded": _trial(100, [0.010] * 99 + [0.030])},
+        {"bare": _trial(100, [9.0] * 100)},  # no guarded beside it: not part of the comparison
+    ]
+    assert pooled_percentile_ratio(steps, "bare", "guarded", 0.99) == pytest.approx(1.5)
+
+
+def test_targets_are_judged_on_the_worst_side() -> None:
+    steps = [{
+        "bare": _trial(100, [0.01] * 100), "guarded": _trial(94, [0.01] * 100),
+        "drift_off": _trial(94), "heuristic": _trial(900), "micro_batching": _trial(300),
+        "batch": _trial(5000),
+    }]
+    ratios = ratios_at(steps, drift_on="guarded", drift_off="drift_off")
+    assert ratios["batch_vs_single_rows_per_s"] == pytest.approx(5000 / 94)
+    checks = check_targets(ratios, worker_delta_mb=51.0)
+    assert checks["guarded_vs_bare_throughput"]["met"] is False  # 0.94 < 0.95
+    assert checks["drift_on_vs_off_throughput"]["met"] is True
+    assert checks["guarded_vs_bare_p99"]["met"] is True
+    assert checks["guarded_minus_bare_worker_rss_mb"]["met"] is False
