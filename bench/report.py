@@ -27,17 +27,20 @@ def percentile(values: list[float], q: float) -> float:
 def summarize(trials: list[Trial]) -> dict:
     seconds = sum(t.seconds for t in trials)
     requests = sum(t.requests for t in trials)
+    rows = sum(t.rows for t in trials)
+    # The time the trials' own rates imply (bench/loadgen.py), not their wall time.
+    measured_s = sum(t.rows / t.rows_per_s for t in trials if t.rows_per_s) or float("nan")
     latencies = [x for t in trials for x in t.latencies]
     routes = sum((t.routes for t in trials), Counter())
     return {
-        "requests_per_s": requests / seconds,
-        "rows_per_s": sum(t.rows for t in trials) / seconds,
+        "requests_per_s": requests / measured_s,
+        "rows_per_s": rows / measured_s,
         "p50_ms": percentile(latencies, 0.50) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
         "requests": requests,
         "errors": sum(t.errors for t in trials),
         "routes": dict(routes),
-        "per_repeat_rows_per_s": [round(t.rows / t.seconds, 2) for t in trials],
+        "per_repeat_rows_per_s": [round(t.rows_per_s, 2) for t in trials],
         # Server CPU per answered request, by process role: far less sensitive to a busy machine
         # than throughput, so it is the steadiest measure of what the guard itself costs.
         "server_cpu_ms_per_request": {
@@ -66,8 +69,6 @@ def route_share(summary: dict, route: str) -> float:
     return summary["routes"].get(route, 0) / rows if rows else 0.0
 
 
-def _rate(trial: Trial) -> float:
-    return trial.rows / trial.seconds
 
 
 def _beside(steps: list[dict[str, Trial]], a: str, b: str) -> list[tuple[Trial, Trial]]:
@@ -78,7 +79,7 @@ def _beside(steps: list[dict[str, Trial]], a: str, b: str) -> list[tuple[Trial, 
 def paired_ratio(steps: list[dict[str, Trial]], a: str, b: str) -> float:
     """Geometric mean over steps of b's rows per second over a's: with a handful of steps, a
     median would throw most of them away, and machine noise is multiplicative."""
-    return statistics.geometric_mean(_rate(tb) / _rate(ta) for ta, tb in _beside(steps, a, b))
+    return statistics.geometric_mean(tb.rows_per_s / ta.rows_per_s for ta, tb in _beside(steps, a, b))
 
 
 def pooled_percentile_ratio(steps: list[dict[str, Trial]], a: str, b: str, q: float) -> float:

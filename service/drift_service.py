@@ -21,12 +21,18 @@ from service.spec import GuardedApp
 
 log = logging.getLogger("mlguard.drift")
 
+# The drift process runs at a lower CPU priority than the API workers: monitoring takes what CPU
+# serving leaves, so its start-up (importing Evidently: tens of CPU seconds) and its checks never
+# slow an answer. A check that waits a little under load costs nothing (docs/DRIFT.md).
+NICENESS = 10
+
 
 def build_drift_service(app: GuardedApp) -> Any:
     class DriftMonitorService:
         bento_model = bentoml.models.BentoModel(f"{app.model_name}:latest")
 
         def __init__(self) -> None:
+            os.nice(NICENESS)  # first, so that the imports below already run at the lower priority
             # Imported here, in the drift process only: the monitor pulls in evidently.
             import pandas as pd
 

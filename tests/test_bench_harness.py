@@ -33,6 +33,10 @@ def test_a_trial_answers_and_counts_every_request(server: ServerProcess) -> None
     assert trial.requests > 0 and trial.rows == trial.requests == len(trial.latencies)
     assert sum(trial.routes.values()) == trial.requests
     assert trial.seconds >= 0.5
+    # Each connection's rows over the time to its own last answer, summed: never less than the
+    # rows over the whole trial's wall time, which waits for the slowest connection.
+    assert trial.rows_per_s >= trial.rows / trial.seconds
+    assert trial.rows_per_s <= trial.rows / 0.5 * 1.01  # no connection stopped before 0.5 s
 
 
 def test_alternating_sides_take_turns_and_own_their_time(server: ServerProcess) -> None:
@@ -45,11 +49,12 @@ def test_alternating_sides_take_turns_and_own_their_time(server: ServerProcess) 
     assert ta.seconds == pytest.approx(sum(ta.latencies))
     assert tb.seconds == pytest.approx(sum(tb.latencies))
     assert ta.seconds + tb.seconds >= 0.6
+    assert ta.rows_per_s == pytest.approx(ta.rows / ta.seconds)
 
 
 def _trial(rate: float, latencies: list[float] | None = None) -> Trial:
-    return Trial(requests=int(rate), rows=int(rate), seconds=1.0, latencies=latencies or [],
-                 server_cpu_seconds={"worker": 0.01 * rate})
+    return Trial(requests=int(rate), rows=int(rate), seconds=1.0, rows_per_s=rate,
+                 latencies=latencies or [], server_cpu_seconds={"worker": 0.01 * rate})
 
 
 def test_ratios_are_taken_within_steps() -> None:

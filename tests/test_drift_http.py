@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from service.credit import CREDIT_FEATURES
+from service.drift_service import NICENESS
 from tests.conftest import wait_until
 from tests.support.prometheus import PrometheusProcess, scraping
 from tests.support.server import ROOT, ServerProcess
@@ -203,6 +204,13 @@ def _drift_pid(server: ServerProcess) -> int:
         except (OSError, ValueError):
             continue
     raise AssertionError("no drift process found")
+
+
+def test_the_drift_process_yields_the_cpu_to_serving(drift_server) -> None:
+    # Monitoring takes what serving leaves: the drift process runs niced; the server, and the
+    # API workers it starts, do not.
+    assert os.getpriority(os.PRIO_PROCESS, _drift_pid(drift_server)) == NICENESS
+    assert os.getpriority(os.PRIO_PROCESS, drift_server.proc.pid) == 0
 
 
 def test_a_killed_drift_process_does_not_stop_serving(client, drift_server, traffic) -> None:
