@@ -3,7 +3,6 @@ arithmetic that turns trials into the ratios the targets are judged on."""
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 
@@ -66,7 +65,13 @@ def test_ratios_are_taken_within_steps() -> None:
     ]
     assert paired_ratio(steps, "bare", "guarded") == pytest.approx(0.9)
     assert paired_ratio(steps, "bare", "heuristic") == pytest.approx(5.0)  # only where both ran
-    assert paired_ratio(steps, "drift_off", "guarded") == pytest.approx(math.sqrt(0.9))
+    assert paired_ratio(steps, "drift_off", "guarded") == pytest.approx(0.95)  # median of 1.0, 0.9
+
+
+def test_one_stalled_trial_does_not_move_a_ratio() -> None:
+    steps = [{"bare": _trial(100), "guarded": _trial(100)} for _ in range(4)]
+    steps.append({"bare": _trial(100), "guarded": _trial(80)})  # the machine stalled this trial
+    assert paired_ratio(steps, "bare", "guarded") == pytest.approx(1.0)
 
 
 def test_percentiles_are_pooled_against_the_bare_trials_beside_them() -> None:
