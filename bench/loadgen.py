@@ -26,7 +26,7 @@ class Trial:
     requests: int = 0  # answered with 200
     rows: int = 0  # rows answered (a batch request answers many)
     errors: int = 0  # non-200 answers or broken connections
-    seconds: float = 0.0  # wall time of the measured window
+    seconds: float = 0.0  # run_trial: the window's wall time; run_alternating: the side's own time
     rows_per_s: float = 0.0  # the throughput it measured (run_trial, run_alternating say how)
     cpu_seconds: float = 0.0  # the generator's own CPU time in that window
     latencies: list[float] = field(default_factory=list)

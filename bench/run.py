@@ -143,8 +143,10 @@ def plan_groups(configs: dict[str, dict], drift_name: str) -> list[Group]:
     """The drift server runs the guarded configuration with drift switched, so it is measured beside
     the guarded scenario. No two of one step share a server except bare's: each server's CPU time
     is its scenario's."""
-    return [Group("guarded", ["guarded", drift_name], tight=True), Group("guarded", ["batch"], tight=False)] + [
-        Group(name, [name], tight=False) for name in configs if name != "guarded"
+    return [
+        Group("guarded", ["guarded", drift_name], tight=True),
+        Group("guarded", ["batch"], tight=False),
+        *(Group(name, [name], tight=False) for name in configs if name != "guarded"),
     ]
 
 
