@@ -1,4 +1,5 @@
-# mlguard: `make serve` to run the guarded credit-risk service, `make test` to run every test.
+# mlguard: `make serve` to run the guarded credit-risk service (or any plug-in: APP=module:Service),
+# `make test` to run every test.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -6,6 +7,8 @@ BIN := $(VENV)/bin
 PORT ?= 3000
 WORKERS ?= 1
 HOST ?= 127.0.0.1
+DEFAULT_APP := apps.credit.app:CreditRiskService
+APP ?= $(DEFAULT_APP)
 
 # The model store lives inside the project; one OpenMP thread per worker (see docs/BENCHMARKS.md).
 export BENTOML_HOME := $(CURDIR)/.bentoml
@@ -25,10 +28,16 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 model: $(STAMP)
-	$(BIN)/python -m training.train --if-missing
+	$(BIN)/python -m apps.credit.train --if-missing
 
-serve: model
-	MLGUARD_SERVER__WORKERS=$(WORKERS) $(BIN)/bentoml serve service.credit_service:CreditRiskService --host $(HOST) --port $(PORT)
+# Each plug-in is served with a BentoML home of its own (BentoML wipes and shares its Prometheus
+# multiprocess directory under BENTOML_HOME) that links the one model store: two plug-ins served
+# at once keep their own metrics.
+APP_HOME = $(BENTOML_HOME)/serving/$(subst :,-,$(APP))
+
+serve: $(if $(filter $(DEFAULT_APP),$(APP)),model,$(STAMP))
+	mkdir -p $(BENTOML_HOME)/models $(APP_HOME) && ln -sfn $(BENTOML_HOME)/models $(APP_HOME)/models
+	BENTOML_HOME=$(APP_HOME) MLGUARD_SERVER__WORKERS=$(WORKERS) $(BIN)/bentoml serve $(APP) --host $(HOST) --port $(PORT)
 
 test: model
 	$(BIN)/pytest $(PYTEST_ARGS)

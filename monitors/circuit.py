@@ -22,6 +22,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from monitors import reasons
+
 log = logging.getLogger("mlguard.circuit")
 
 CLOSED = "closed"
@@ -132,6 +134,38 @@ class _HalfOpen(_State):
 Permit = _State  # what allow() hands out: the state that allowed the call
 
 
+class GuardedCall:
+    """One model call under the breaker (`with breaker.guard() as call:`).
+
+    `refused` is True while the circuit refuses calls. Otherwise the caller reports how the call
+    ended with `report(failure, healthy)`; a call that leaves the block unreported (cancelled, or
+    an error in the caller) is counted as skipped, so a permit can never leak.
+    """
+
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self._breaker = breaker
+        self._permit = breaker.allow()
+        self.refused = self._permit is None
+        self._reported = False
+
+    def report(self, failure: str | None, healthy: bool) -> None:
+        self._reported = True
+        if failure == reasons.MODEL_OVERLOADED:  # never ran: says nothing of the model
+            self._breaker.on_skipped(self._permit)
+        elif healthy:
+            self._breaker.on_success(self._permit)
+        else:  # errors, timeouts and invalid outputs all count against the model
+            self._breaker.on_failure(self._permit)
+
+    def __enter__(self) -> GuardedCall:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.refused and not self._reported:
+            self._breaker.on_skipped(self._permit)
+
+
 class CircuitBreaker:
     """Thread-safe; the state object in force does the deciding."""
 
@@ -165,6 +199,10 @@ class CircuitBreaker:
                     self._move_to(_Closed(self))
                 return self._state
             return self._state if self._state.allow(cfg) else None
+
+    def guard(self) -> GuardedCall:
+        """A permit wrapped so that its outcome is always reported (see GuardedCall)."""
+        return GuardedCall(self)
 
     def on_success(self, permit: Permit) -> None:
         self._report(permit, lambda state, cfg: state.on_success(cfg))

@@ -46,6 +46,7 @@ class InputChecker:
                 found.append(Violation(reasons.INPUT_OUT_OF_RANGE, name))
         for name, known in self._categories.items():
             value = row.get(name)
-            if value is not None and value not in known:
+            # Categories were saved as strings (a bool or int category too).
+            if value is not None and (value if isinstance(value, str) else str(value)) not in known:
                 found.append(Violation(reasons.INPUT_UNKNOWN_CATEGORY, name))
         return found

@@ -18,60 +18,81 @@ PROBABILITY_BUCKETS = tuple(round(i * 0.05, 2) for i in range(1, 21))
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """The API workers' metrics. `registry` is the global one by default (what /metrics serves);
+    tests pass a fresh `CollectorRegistry()` so several runtimes can live in one process.
+    `value_buckets` are a regression plug-in's answered-value buckets."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry = REGISTRY,
+        value_buckets: tuple[float, ...] = Histogram.DEFAULT_BUCKETS,
+    ) -> None:
+        r = registry
         self.requests = Counter(
             "mlguard_requests",
             "Predictions answered, by route and by the reason code that decided the route",
-            ["route", "reason"],
+            ["route", "reason"], registry=r,
         )
         self.request_duration = Histogram(
             "mlguard_request_duration_seconds",
             "Pipeline time per prediction (a batch's time is shared out over its rows)",
             ["route"],
-            buckets=LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS, registry=r,
         )
         self.model_duration = Histogram(
             "mlguard_model_duration_seconds",
             "Time inside one model call (a batch is one call)",
-            buckets=LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS, registry=r,
         )
         self.input_violations = Counter(
             "mlguard_input_violations",
             "Input check violations, by check and schema field",
-            ["check", "field"],
+            ["check", "field"], registry=r,
         )
         self.probability = Histogram(
             "mlguard_prediction_probability",
-            "Answered probabilities, by route",
+            "Answered probabilities of the positive class (binary plug-ins), by route",
             ["route"],
-            buckets=PROBABILITY_BUCKETS,
+            buckets=PROBABILITY_BUCKETS, registry=r,
+        )
+        self.value = Histogram(
+            "mlguard_prediction_value",
+            "Answered values (regression plug-ins), by route",
+            ["route"],
+            buckets=value_buckets, registry=r,
         )
         self.decisions = Counter(
-            "mlguard_decisions", "Decisions answered, by route", ["route", "decision"]
+            "mlguard_decisions", "Decisions answered (classification plug-ins), by route and class",
+            ["route", "decision"], registry=r,
         )
         self.model_info = Gauge(
             "mlguard_model_info", "The model version served", ["model_version"],
-            multiprocess_mode="livemax",
+            multiprocess_mode="livemax", registry=r,
         )
         self.routing_mode = Gauge(
             "mlguard_routing_mode", "1 for the routing mode in force", ["mode"],
-            multiprocess_mode="livemax",
+            multiprocess_mode="livemax", registry=r,
         )
         self.faults_active = Gauge(
-            "mlguard_faults_active", "1 while any fault drill is configured", multiprocess_mode="livemax"
+            "mlguard_faults_active", "1 while any fault drill is configured", multiprocess_mode="livemax",
+            registry=r,
         )
         self.config_reloads = Counter(
-            "mlguard_config_reloads", "Config reload attempts, by outcome", ["outcome"]
+            "mlguard_config_reloads", "Config reload attempts, by outcome", ["outcome"], registry=r
         )
         # Each worker has its own breaker: "liveall" keeps one series per live worker (pid label).
         self.circuit_state = Gauge(
             "mlguard_circuit_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open",
-            multiprocess_mode="liveall",
+            multiprocess_mode="liveall", registry=r,
         )
         self.circuit_transitions = Counter(
-            "mlguard_circuit_transitions", "Circuit breaker state changes, by new state", ["to"]
+            "mlguard_circuit_transitions", "Circuit breaker state changes, by new state", ["to"], registry=r
         )
-        self.drift_checks = drift_checks_counter()  # a worker counts an unreachable drift process
+        self.model_loaded = Gauge(
+            "mlguard_model_loaded", "1 while a model version is loaded, 0 while the rules answer all",
+            multiprocess_mode="livemin", registry=r,
+        )
+        self.drift_checks = drift_checks_counter(r)  # a worker counts an unreachable drift process
 
 
 DRIFT_CHECK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -111,7 +132,9 @@ class DriftMetrics:
             ["feature"], multiprocess_mode="mostrecent", registry=r,
         )
         self.prediction_score = Gauge(
-            "mlguard_prediction_drift_score", "KS p-value of the model probability at the last check",
+            "mlguard_prediction_drift_score",
+            "p-value of the model's predictions at the last check (KS on the probability or value, "
+            "chi-square on the predicted class)",
             multiprocess_mode="mostrecent", registry=r,
         )
         self.check_duration = Histogram(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 CONFIG_FORCED = "config.forced"
 ADMIN_FORCED = "admin.forced"
+MODEL_UNAVAILABLE = "model.unavailable"
 INPUT_OUT_OF_RANGE = "input.out_of_range"
 INPUT_UNKNOWN_CATEGORY = "input.unknown_category"
 DRIFT_DETECTED = "drift.detected"
@@ -20,6 +21,7 @@ HEURISTIC_ERROR = "heuristic.error"
 ALL = (
     CONFIG_FORCED,
     ADMIN_FORCED,
+    MODEL_UNAVAILABLE,
     INPUT_OUT_OF_RANGE,
     INPUT_UNKNOWN_CATEGORY,
     DRIFT_DETECTED,

@@ -33,7 +33,19 @@ class RoutingConfig(Section):
 
 
 class DecisionConfig(Section):
-    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)  # binary plug-ins: the positive decision from here
+
+
+class OutputChecksConfig(Section):
+    # Regression plug-ins: a value outside the training target's range, widened by this share of
+    # its width, is output.invalid.
+    range_tolerance: float = Field(0.1, ge=0.0, le=10.0)
+
+
+class ShadowConfig(Section):
+    # Regression plug-ins: model and rules agree when |model - rules| <= tolerance x the training
+    # target's interquartile range. (Classification: when they decide the same class.)
+    tolerance: float = Field(0.5, gt=0.0, le=100.0)
 
 
 class InputChecksConfig(Section):
@@ -41,11 +53,17 @@ class InputChecksConfig(Section):
 
 
 class SafeDefaultConfig(Section):
-    probability: float = Field(1.0, ge=0.0, le=1.0)
-    decision: Literal["approve", "decline"] = "decline"
+    # The answer when even the rules fail: a declared class (binary, multiclass) or a number
+    # (regression); null keeps the plug-in's declared safe default. Checked against the plug-in.
+    answer: str | float | None = None
 
 
 class ModelConfig(Section):
+    # Required: true refuses readiness while no model version is loaded; false (default) lets the
+    # rules answer every row (model.unavailable) until one is.
+    required: bool = False  # restart to change
+    # The version served, a BentoML tag (name:version); null: the plug-in's model_name:latest.
+    tag: str | None = None  # restart to change
     timeout_ms: float = Field(250.0, gt=0)
     max_concurrency: int = Field(4, ge=1, le=256)
     # Micro-batching (service/micro_batch.py): concurrent small calls share one model call. On by
@@ -138,6 +156,8 @@ class Settings(BaseSettings):
     server: ServerConfig = ServerConfig()
     routing: RoutingConfig = RoutingConfig()
     decision: DecisionConfig = DecisionConfig()
+    output_checks: OutputChecksConfig = OutputChecksConfig()
+    shadow: ShadowConfig = ShadowConfig()
     input_checks: InputChecksConfig = InputChecksConfig()
     safe_default: SafeDefaultConfig = SafeDefaultConfig()
     model: ModelConfig = ModelConfig()
@@ -164,8 +184,14 @@ class ConfigError(ValueError):
     """An invalid configuration; the message names every offending key."""
 
 
-def config_path() -> Path:
-    return Path(os.environ.get(CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH))
+def config_path(app_name: str | None = None) -> Path:
+    """$MLGUARD_CONFIG, else the plug-in's own `config/<app name>.yaml` when it exists, else the
+    defaults in `config/mlguard.yaml`."""
+    configured = os.environ.get(CONFIG_PATH_ENV)
+    if configured:
+        return Path(configured)
+    own = DEFAULT_CONFIG_PATH.parent / f"{app_name}.yaml"
+    return own if app_name and own.exists() else DEFAULT_CONFIG_PATH
 
 
 def parse(text: str) -> Settings:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from monitors.periodic import PeriodicThread
 from service.config import ConfigError, Settings, parse
 
 log = logging.getLogger("mlguard.config")
@@ -53,17 +53,27 @@ class WatchedFile:
 class ConfigStore:
     """Holds the config in force; `current` is always a complete, validated snapshot."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, validate: Callable[[Settings], None] = lambda s: None) -> None:
+        """`validate` checks what only the plug-in knows (e.g. the safe default is one of its
+        classes); it raises ValueError, and the config is then refused like any invalid one."""
         self.path = path
+        self._validate = validate
         text = path.read_text()
-        self.current: Settings = parse(text)  # an invalid config at start raises ConfigError
+        self.current: Settings = self._parse(text)  # an invalid config at start raises ConfigError
         self.version = _digest(text)
         self._seen = self.version
         self._listeners: list[Listener] = []
         self._watched: list[WatchedFile] = []
         self._on_outcome: Callable[[str], None] = lambda outcome: None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = PeriodicThread("mlguard-config-watch", self._poll, lambda: self.current.reload.interval_s)
+
+    def _parse(self, text: str) -> Settings:
+        settings = parse(text)
+        try:
+            self._validate(settings)
+        except ValueError as exc:
+            raise ConfigError(f"invalid config: {exc}") from exc
+        return settings
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -90,7 +100,7 @@ class ConfigStore:
             return False
         self._seen = digest
         try:
-            new = parse(text)
+            new = self._parse(text)
         except ConfigError as exc:
             log.error("config reload rejected, keeping version %s: %s", self.version, exc)
             self._on_outcome("failure")
@@ -103,22 +113,12 @@ class ConfigStore:
         return True
 
     def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._run, name="mlguard-config-watch", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._loop.stop(timeout_s=5)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.current.reload.interval_s):
-            try:
-                self.reload_if_changed()
-                for watched in self._watched:
-                    watched.poll()
-            except Exception:  # the watcher must never die silently
-                log.exception("config watcher failed; retrying")
+    def _poll(self) -> None:
+        self.reload_if_changed()
+        for watched in self._watched:
+            watched.poll()

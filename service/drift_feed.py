@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from monitors.periodic import periodic_task
 from service.config import Settings
 from service.prediction import ROUTE_MODEL, Prediction
 
@@ -30,16 +31,14 @@ STARTUP_GRACE_S = 120.0  # the drift process starts after the workers (it loads 
 class DriftFeed:
     def __init__(
         self,
-        client: Callable[[], Any],  # () -> the drift service's proxy (resolved lazily, in the thread)
-        feature_names: list[str],
+        client: Callable[[], Any],  # () -> the drift service's proxy (resolved lazily, in the task)
         settings: Callable[[], Settings],
         count_error: Callable[[], None],
     ) -> None:
         self._client = client
-        self._names = feature_names
         self._settings = settings
         self._count_error = count_error
-        self._buffer: deque[tuple[dict[str, Any], float | None]] = deque()
+        self._buffer: deque[tuple[dict[str, Any], float | str | None]] = deque()
         self._routing = False  # the drift process's last verdict
         self._failing = False
         self._last_error_count = -float("inf")
@@ -56,7 +55,7 @@ class DriftFeed:
         if drift.enabled:
             buffer = self._buffer
             buffer.extend(
-                (row, p.probability if p.route == ROUTE_MODEL else None)
+                (row, p.output.score if p.route == ROUTE_MODEL else None)
                 for row, p in zip(rows, predictions)
             )
             # The window keeps only its last window_size rows, so older buffered rows would be
@@ -74,15 +73,13 @@ class DriftFeed:
 
     async def flush(self) -> None:
         """Send what is buffered (possibly nothing) and take the verdict back."""
-        batch: list[tuple[dict[str, Any], float | None]] = []
+        batch: list[tuple[dict[str, Any], float | str | None]] = []
         while self._buffer and len(batch) < FLUSH_ROWS:
             batch.append(self._buffer.popleft())
-        names = self._names
         try:
             answer = await asyncio.wait_for(
                 self._client().to_async.ingest(
-                    rows=[{n: row.get(n) for n in names} for row, _ in batch],
-                    probabilities=[p for _, p in batch],
+                    rows=[row for row, _ in batch], predictions=[p for _, p in batch]
                 ),
                 CALL_TIMEOUT_S,
             )
@@ -115,20 +112,15 @@ class DriftFeed:
     def start(self) -> None:
         """Called on the worker's event loop (BentoML builds the service instance there)."""
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="mlguard-drift-feed")
+            self._task = periodic_task("mlguard-drift-feed", self._tick, self.interval)
 
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             self._task = None
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval())
-            if not self._settings().drift.enabled:
-                self._buffer.clear()
-                continue
-            try:
-                await self.flush()
-            except Exception:  # the feed must outlive any bug; serving never waits on it
-                log.exception("drift feed failed; retrying")
+    async def _tick(self) -> None:
+        if not self._settings().drift.enabled:
+            self._buffer.clear()
+            return
+        await self.flush()

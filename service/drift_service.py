@@ -15,8 +15,10 @@ from typing import Any
 import bentoml
 
 from monitors.drift.window import WindowRow, features_frame
+from monitors.tasks import InvalidOutput, OutputPolicy
 from service import config
 from service.config_store import ConfigStore
+from service.model import LoadedModel, ModelRefused, load_model, output_policy
 from service.spec import GuardedApp
 
 log = logging.getLogger("mlguard.drift")
@@ -29,41 +31,41 @@ NICENESS = 10
 
 def build_drift_service(app: GuardedApp) -> Any:
     class DriftMonitorService:
-        bento_model = bentoml.models.BentoModel(f"{app.model_name}:latest")
-
         def __init__(self) -> None:
             os.nice(NICENESS)  # first, so that the imports below already run at the lower priority
-            # Imported here, in the drift process only: the monitor pulls in evidently.
-            import pandas as pd
+            from service.runtime import model_tag
 
-            from monitors.drift.monitor import DriftMonitor
-            from monitors.metrics import DriftMetrics
-            from service.model import StoreModel
-
-            stored = self.bento_model
-            self.config = ConfigStore(config.config_path())
-            reference = stored.custom_objects["reference_sample"]
-            model = StoreModel(stored, app.features)
-            # The model's probabilities on the training split: the reference of prediction drift.
-            rows = reference.astype(object).where(reference.notna(), None).to_dict("records")
-            reference_probs = pd.Series(model.predict_proba(rows))
-            baseline = stored.info.metadata.get("evaluation", {}).get("validation_agreement")
-            self.monitor = DriftMonitor(
-                app.features, reference, lambda: self.config.current.drift, DriftMetrics(),
-                reference_probs, baseline,
-            )
+            self.config = ConfigStore(config.config_path(app.name), validate=app.check_settings)
+            self.monitor: Any = None
+            self.served: LoadedModel | None = None
+            try:
+                self.served = load_model(app, model_tag(app, self.config.current))
+            except ModelRefused as exc:  # the workers log the fix; nothing to compare against
+                log.warning("drift monitoring off: %s", exc)
+                return
+            self.monitor = _monitor(app, self.served, lambda: self.config.current.drift)
             self.config.start()
             self.monitor.start()
-            log.info("drift monitor for %s up (pid %d)", stored.tag, os.getpid())
+            log.info("drift monitor for %s up (pid %d)", self.served.version, os.getpid())
+
+        def _policy(self) -> OutputPolicy:
+            cfg = self.config.current
+            return output_policy(
+                self.served.card, cfg.decision.threshold, cfg.output_checks.range_tolerance,
+                cfg.shadow.tolerance,
+            )
 
         @bentoml.api
         def ingest(
-            self, rows: list[dict[str, Any]], probabilities: list[float | None]
+            self, rows: list[dict[str, Any]], predictions: list[float | str | None]
         ) -> dict[str, Any]:
-            """Append served rows to the window; answer the routing verdict."""
-            threshold = self.config.current.decision.threshold
+            """Append served rows (as clients sent them) to the window; answer the routing verdict."""
+            if self.monitor is None:
+                return {"routing_to_fallback": False, "policy_state": "off"}
+            policy = self._policy()
             self.monitor.ingest(
-                WindowRow(row, p, _agreed(app, row, p, threshold)) for row, p in zip(rows, probabilities)
+                WindowRow(app.features_of(row), p, _agreed(app, row, p, policy))
+                for row, p in zip(rows, predictions)
             )
             # Only the verdict: it is all a worker needs, and it is cheap to answer per flush.
             return {
@@ -73,6 +75,8 @@ def build_drift_service(app: GuardedApp) -> Any:
 
         @bentoml.api
         def status(self) -> dict[str, Any]:
+            if self.monitor is None:
+                return {"enabled": False, "reason": "no model version loaded: nothing to compare with"}
             return self.monitor.status()
 
         @bentoml.api
@@ -80,33 +84,57 @@ def build_drift_service(app: GuardedApp) -> Any:
             """The Evidently HTML report of the current window, rendered now."""
             from monitors.drift.report import render_report
 
-            rows = self.monitor.window.snapshot()
+            rows = self.monitor.window.snapshot() if self.monitor is not None else []
             if not rows:
                 return "<!doctype html><title>drift report</title><p>The drift window is empty.</p>"
             return render_report(self.monitor.checker(), features_frame(rows, app.features.names))
 
         @bentoml.on_shutdown
         def shutdown(self) -> None:
-            self.monitor.stop()
+            if self.monitor is not None:
+                self.monitor.stop()
             self.config.stop()
 
     DriftMonitorService.__name__ = DriftMonitorService.__qualname__ = "DriftMonitorService"
     # The report page can take tens of seconds to render on a busy machine; the workers' flushes
     # bound their own wait (service/drift_feed.py), so this timeout only concerns the page.
+    # Its traffic is internal: no access lines for it (issue: they drowned the service's own).
     return bentoml.service(
-        DriftMonitorService, name=f"{app.name}_drift", workers=1, traffic={"timeout": 120}
+        DriftMonitorService, name=f"{app.name}_drift", workers=1, traffic={"timeout": 120},
+        logging={"access": {"enabled": False}},
     )
 
 
-def _agreed(app: GuardedApp, row: dict[str, Any], probability: float | None, threshold: float) -> bool | None:
-    """Shadow agreement: would the rules have taken the model's decision on this row?"""
-    if probability is None:
+def _monitor(app: GuardedApp, served: LoadedModel, settings: Callable[[], Any]) -> Any:
+    """The drift monitor of one version: its reference rows and its own predictions on them."""
+    # Imported here, in the drift process only: the monitor pulls in evidently.
+    import pandas as pd
+
+    from monitors.drift.monitor import DriftMonitor
+    from monitors.metrics import DriftMetrics
+
+    card = served.card
+    reference = pd.DataFrame(card.sample, columns=app.features.names)
+    rows = card.sample_rows()
+    policy = output_policy(card, 0.5, range_tolerance=1.0, agreement=0.0)
+    scores = [o.score for o in app.task.from_model(served.model.predict_rows(rows), policy)
+              if not isinstance(o, InvalidOutput)]
+    reference_predictions = pd.Series(scores, dtype=object if app.task.kind == "multiclass" else float)
+    return DriftMonitor(
+        app.features, reference, settings, DriftMetrics(), reference_predictions,
+        card.yardstick.get("agreement"),
+    )
+
+
+def _agreed(app: GuardedApp, row: dict[str, Any], prediction: Any, policy: OutputPolicy) -> bool | None:
+    """Shadow agreement: would the rules have answered as the model did on this row?"""
+    if prediction is None:
         return None
     try:
-        rules = app.heuristic.score(row).probability
+        rules = app.task.from_rules(app.heuristic.score(row), policy)
     except Exception:  # noqa: BLE001 -- a failing rule is the heuristic's business, not a disagreement
         return None
-    return (rules >= threshold) == (probability >= threshold)
+    return app.task.agree(app.task.from_score(prediction, policy), rules, policy)
 
 
 def drift_client_of(worker: Any, drift_service_name: str) -> Callable[[], Any] | None:

@@ -10,43 +10,39 @@ from typing import Any
 import bentoml
 from starlette.responses import JSONResponse
 
-from monitors.reference import ReferenceStats
 from service import config
 from service.admin import admin_app
-from service.api_models import BatchOut, PredictionOut, batch_request_model
+from service.api_models import answer_model, batch_answer_model, batch_request_model
 from service.body_limit import BodyLimit
 from service.drift_http import monitoring_app
 from service.drift_service import build_drift_service, drift_client_of
 from service.json_only import JsonOnly
-from service.model import StoreModel
-from service.prediction import Prediction
+from service.logs import quiet_client_errors
 from service.runtime import GuardedRuntime
 from service.spec import GuardedApp
 
 log = logging.getLogger("mlguard.service")
 
 
-def _answer(p: Prediction) -> PredictionOut:
-    return PredictionOut.model_construct(
-        request_id=p.request_id,
-        probability=p.probability,
-        decision=p.decision,
-        route=p.route,
-        reasons=p.reasons,
-        rules=p.rules,
-        model_version=p.model_version,
-    )
+def guard(app: GuardedApp) -> Any:
+    """The BentoML service of a plug-in: `MyService = guard(APP)`, then `bentoml serve module:MyService`.
 
-
-def build_service(app: GuardedApp) -> Any:
-    settings = config.load()  # an invalid config stops the service here, naming the key
-    Row = app.request_model
+    The same endpoints and guard for every plug-in: POST /predict and /predict_batch (the answer
+    shaped by the task), /admin, /monitoring, /metrics, and one drift process beside the workers.
+    """
+    quiet_client_errors()
+    settings = config.load(config.config_path(app.name))  # an invalid config stops here, naming the key
+    app.check_settings(settings)
+    Row = app.request
     Batch = batch_request_model(Row, app.batch_field)
+    service_name = app.name.title().replace("_", "")
+    Answer = answer_model(app.task, service_name)
+    BatchAnswer = batch_answer_model(Answer, service_name)
     workers_runtime: list[GuardedRuntime] = []  # this process's runtime, once built
     DriftService = build_drift_service(app)
+    row_of = app.row_of
 
     class GuardedService:
-        bento_model = bentoml.models.BentoModel(f"{app.model_name}:latest")
         # One drift process for all workers: `bentoml serve` starts it beside them (docs/DRIFT.md).
         drift = bentoml.depends(DriftService)
 
@@ -54,27 +50,25 @@ def build_service(app: GuardedApp) -> Any:
             # One OpenMP thread per worker: two threads on two busy cores made p99 ~1 s.
             from threadpoolctl import threadpool_limits
 
-            stored = self.bento_model  # BentoML resolves the reference to the stored model
-            model = StoreModel(stored, app.features)
             threadpool_limits(1)
-            reference = ReferenceStats.from_dict(stored.custom_objects["reference_stats"])
-            self.runtime = GuardedRuntime(
-                app, config.config_path(), model, reference,
-                drift_client=drift_client_of(self, DriftService.name),
-            )
+            self.runtime = GuardedRuntime(app, drift_client=drift_client_of(self, DriftService.name))
             workers_runtime.append(self.runtime)  # for the mounted admin app of this worker
             self.runtime.start()
-            log.info("%s serving %s (worker pid %d)", app.name, model.version, os.getpid())
+            log.info("%s worker up (pid %d), model %s", app.name, os.getpid(),
+                     self.runtime.admin_view()["model"]["version"])
+
+        def __is_ready__(self) -> bool:
+            return self.runtime.ready()
 
         @bentoml.api(route="/predict")
-        async def predict(self, row: Row, /) -> PredictionOut:
-            """Score one row; always answered, by the model, the rules, or the safe default."""
-            (p,) = await self.runtime.pipeline.predict([vars(row)])
-            return _answer(p)
+        async def predict(self, row: Row, /) -> Answer:
+            """Answer one row; always answered, by the model, the rules, or the safe default."""
+            (p,) = await self.runtime.pipeline.predict([row_of(row)])
+            return Answer.model_construct(**p.answer())
 
         @bentoml.api(route="/predict_batch")
-        async def predict_batch(self, batch: Batch, /) -> BatchOut:
-            """Score rows in order; each row is routed on its own."""
+        async def predict_batch(self, batch: Batch, /) -> BatchAnswer:
+            """Answer rows in order; each row is routed on its own."""
             rows = getattr(batch, app.batch_field)
             limit = self.runtime.settings().server.max_batch_size
             if len(rows) > limit:
@@ -82,14 +76,16 @@ def build_service(app: GuardedApp) -> Any:
                     {"error": f"{app.batch_field}: {len(rows)} rows, more than the limit of {limit}"},
                     status_code=400,
                 )
-            predictions = await self.runtime.pipeline.predict([vars(r) for r in rows])
-            return BatchOut.model_construct(predictions=[_answer(p) for p in predictions])
+            predictions = await self.runtime.pipeline.predict([row_of(r) for r in rows])
+            return BatchAnswer.model_construct(
+                predictions=[Answer.model_construct(**p.answer()) for p in predictions]
+            )
 
         @bentoml.on_shutdown
         def shutdown(self) -> None:
             self.runtime.stop()
 
-    GuardedService.__name__ = GuardedService.__qualname__ = f"{app.name.title().replace('_', '')}Service"
+    GuardedService.__name__ = GuardedService.__qualname__ = f"{service_name}Service"
     service = bentoml.service(
         GuardedService,
         name=app.name,

@@ -21,7 +21,7 @@ class InjectedFault(RuntimeError):
 
 
 class FaultyModel:
-    """Wraps a model's predict_proba with the configured drills."""
+    """Wraps a model's predict with the configured drills."""
 
     def __init__(
         self,
@@ -41,7 +41,7 @@ class FaultyModel:
             raise InjectedFault("fault drill: model error")
         result = self._predict(rows)
         if f.model_invalid_output_ratio and self._chance() < f.model_invalid_output_ratio:
-            return np.full(len(rows), np.nan)
+            return np.full_like(np.asarray(result, dtype=float), np.nan)
         return result
 
 

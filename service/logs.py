@@ -25,3 +25,34 @@ def configure_worker_logging() -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     predictions.addHandler(handler)
     predictions.propagate = False  # not a second time, wrapped in BentoML's format
+
+
+# BentoML logs a request body that fails validation as an ERROR with a ~25-line traceback
+# (bentoml._internal.server.http_app.log_exception). A client's bad request is not a server error:
+# one WARNING line naming the fields and the reasons says all there is to say.
+BENTOML_HTTP_LOGGER = "bentoml._internal.server.http_app"
+
+
+class ClientErrorFilter(logging.Filter):
+    """Rewrites a request-validation error record into one WARNING line, in place."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import pydantic
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, pydantic.ValidationError):
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}" for e in exc.errors()
+            )
+            record.msg = "bad request %s [%s]: %s"
+            record.args = (*(record.args or ()), problems)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_client_errors() -> None:
+    """Idempotent: install the filter once per process."""
+    logger = logging.getLogger(BENTOML_HTTP_LOGGER)
+    if not any(isinstance(f, ClientErrorFilter) for f in logger.filters):
+        logger.addFilter(ClientErrorFilter())

@@ -26,7 +26,7 @@ MAX_THREADS = 256  # the ceiling of model.max_concurrency
 
 @dataclass(frozen=True)
 class ModelOutcome:
-    probabilities: np.ndarray | None  # None when the call failed
+    raw: np.ndarray | None  # what the model returned (task-shaped); None when the call failed
     failure: str | None = None  # a reason code
     detail: str | None = None
     seconds: float = 0.0
@@ -98,7 +98,7 @@ class DeadlineModelCall:
                 None, reasons.MODEL_ERROR, type(exc).__name__, time.perf_counter() - started
             )
         return ModelOutcome(
-            np.asarray(result, dtype=float).reshape(-1), seconds=time.perf_counter() - started
+            np.asarray(result, dtype=float), seconds=time.perf_counter() - started
         )
 
     async def _batched(
@@ -121,7 +121,7 @@ class DeadlineModelCall:
                 None, reasons.MODEL_ERROR, type(exc).__name__, time.perf_counter() - started
             )
         return ModelOutcome(
-            np.asarray(result, dtype=float).reshape(-1), seconds=time.perf_counter() - started
+            np.asarray(result, dtype=float), seconds=time.perf_counter() - started
         )
 
     async def _run_batch(self, rows: list[dict[str, Any]]) -> np.ndarray:
@@ -131,7 +131,7 @@ class DeadlineModelCall:
 
         def run() -> np.ndarray:
             try:
-                return np.asarray(self._predict(rows), dtype=float).reshape(-1)
+                return np.asarray(self._predict(rows), dtype=float)
             finally:
                 self._limit.release()
 

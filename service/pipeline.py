@@ -1,8 +1,11 @@
 """The guarded pipeline: plain Python that BentoML calls, testable without a server.
 
-rows ─ input checks ─ router ─┬─ circuit ─ model (deadline, concurrency) ─ output checks ─┐
-                              └─ heuristic ◄─────────────────────── on any failure ──────┘
-                                   └─ safe default if the rules fail ─ record ─ answer
+rows ─ features ─ input checks ─ router ─┬─ circuit ─ model (deadline, concurrency) ─ output checks ─┐
+                                         └─ heuristic ◄──────────────────────── on any failure ──────┘
+                                              └─ safe default if the rules fail ─ record ─ answer
+
+What an answer looks like, what counts as a valid output and what the rules return all follow the
+plug-in's task (monitors/tasks.py); the pipeline itself never branches on the kind.
 """
 from __future__ import annotations
 
@@ -12,82 +15,115 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from fallbacks.base import Heuristic, SafeDefault
+from fallbacks.base import Heuristic
 from monitors import reasons
-from monitors.circuit import CircuitBreaker, Permit
+from monitors.circuit import CircuitBreaker
 from monitors.input_checks import InputChecker, Violation
-from monitors.output_checks import is_valid_probability
-from monitors.reference import ReferenceStats
+from monitors.tasks import InvalidOutput, Output, OutputPolicy, Task
 from service.config import Settings
+from service.model import LoadedModel, output_policy
 from service.model_call import DeadlineModelCall, ModelOutcome
-from service.prediction import ROUTE_DEFAULT, ROUTE_HEURISTIC, ROUTE_MODEL, Prediction
+from service.prediction import ROUTE_DEFAULT, ROUTE_HEURISTIC, ROUTE_MODEL, UNAVAILABLE, Prediction
 from service.router import RoutingState, reasons_against_model
+from service.spec import GuardedApp
 
 log = logging.getLogger("mlguard.pipeline")
 
 
 class Recorder:
-    """Where answered predictions go (metrics, logs, drift window); the default drops them."""
+    """Where answered predictions go (metrics, logs, drift window); the default drops them.
+
+    An extension point: override `record` and `record_model_call`. Both run on the request path,
+    after the answers are final, so they must be cheap and must not raise.
+    """
 
     def record(
         self,
         rows: list[dict[str, Any]],
         predictions: list[Prediction],
         violations: list[list[Violation]],
-    ) -> None: ...
+    ) -> None:
+        """Called once per request with every row, its answer and its input violations."""
 
-    def record_model_call(self, outcome: ModelOutcome) -> None: ...
+    def record_model_call(self, outcome: ModelOutcome) -> None:
+        """Called once per model call (a batch of rows is one call)."""
 
 
 class GuardedPipeline:
     def __init__(
         self,
-        heuristic: Heuristic,
+        app: GuardedApp,
         model_call: DeadlineModelCall,
-        model_version: str,
-        reference: ReferenceStats,
+        served: Callable[[], LoadedModel | None],  # the version in force, read once per request
         settings: Callable[[], Settings],
         routing_state: Callable[[Settings], RoutingState],
         recorder: Recorder | None = None,
         circuit: CircuitBreaker | None = None,
+        heuristic: Heuristic | None = None,  # default: the app's rules (tests wrap them)
     ) -> None:
-        self.heuristic = heuristic
+        self.app = app
+        self.task: Task = app.task
+        self.heuristic = heuristic or app.heuristic
         self.model_call = model_call
-        self.model_version = model_version
-        self.reference = reference
+        self._served = served
         self._settings = settings
         self._routing_state = routing_state
         self.recorder = recorder or Recorder()
         self.circuit = circuit or CircuitBreaker(lambda: self._settings().circuit)
-        self._checker = InputChecker(reference, settings().input_checks.range_tolerance)
+        self._checker: tuple[tuple, InputChecker] | None = None
 
-    def _checker_for(self, cfg: Settings) -> InputChecker:
-        # Rebuilt only when the tolerance is changed by a reload.
-        if self._checker.range_tolerance != cfg.input_checks.range_tolerance:
-            self._checker = InputChecker(self.reference, cfg.input_checks.range_tolerance)
-        return self._checker
+    def _checker_for(self, served: LoadedModel, cfg: Settings) -> InputChecker:
+        # Rebuilt only when the version or the tolerance changes.
+        key = (served.version, cfg.input_checks.range_tolerance)
+        if self._checker is None or self._checker[0] != key:
+            checker = InputChecker(served.card.reference, cfg.input_checks.range_tolerance)
+            self._checker = (key, checker)
+        return self._checker[1]
+
+    def policy(self, served: LoadedModel | None, cfg: Settings) -> OutputPolicy:
+        return output_policy(
+            served.card if served else None, cfg.decision.threshold,
+            cfg.output_checks.range_tolerance, cfg.shadow.tolerance,
+        )
 
     async def predict(self, rows: list[dict[str, Any]]) -> list[Prediction]:
         started = time.perf_counter()
         cfg = self._settings()
+        served = self._served()
         state = self._routing_state(cfg)
-        checker = self._checker_for(cfg)
-        verdicts = [checker.check(row) for row in rows]
+        policy = self.policy(served, cfg)
+        features = [self.app.features_of(r) for r in rows]
+        if served is None:  # no reference statistics: the input checks are off
+            verdicts: list[list[Violation]] = [[] for _ in rows]
+        else:
+            checker = self._checker_for(served, cfg)
+            verdicts = [checker.check(f) for f in features]
         answers: list[Prediction | None] = [None] * len(rows)
         row_reasons = [reasons_against_model(state, v) for v in verdicts]
 
         to_model = [i for i, found in enumerate(row_reasons) if not found]
         if to_model:
-            permit = self.circuit.allow()
-            if permit is None:  # the circuit is open: the model is not called
-                for i in to_model:
-                    row_reasons[i].append(reasons.CIRCUIT_OPEN)
-            else:
-                await self._call_model(permit, rows, to_model, answers, row_reasons, cfg)
+            with self.circuit.guard() as call:
+                if call.refused:  # the circuit is open: the model is not called
+                    for i in to_model:
+                        row_reasons[i].append(reasons.CIRCUIT_OPEN)
+                else:
+                    outcome = await self.model_call(
+                        [features[i] for i in to_model],
+                        cfg.model.timeout_ms / 1000.0,
+                        cfg.model.max_concurrency,
+                    )
+                    self.recorder.record_model_call(outcome)
+                    version = served.version if served else UNAVAILABLE
+                    call.report(
+                        outcome.failure,
+                        self._accept(outcome, to_model, answers, row_reasons, policy, version),
+                    )
 
+        version = served.version if served else UNAVAILABLE
         for i, answer in enumerate(answers):
             if answer is None:
-                answers[i] = self._fallback(rows[i], row_reasons[i], cfg)
+                answers[i] = self._fallback(rows[i], row_reasons[i], cfg, policy, version)
 
         per_row = (time.perf_counter() - started) / len(rows)
         for answer in answers:
@@ -95,94 +131,57 @@ class GuardedPipeline:
         self.recorder.record(rows, answers, verdicts)
         return answers
 
-    async def _call_model(
-        self,
-        permit: Permit,
-        rows: list[dict[str, Any]],
-        to_model: list[int],
-        answers: list[Prediction | None],
-        row_reasons: list[list[str]],
-        cfg: Settings,
-    ) -> None:
-        outcome: ModelOutcome | None = None
-        try:
-            outcome = await self.model_call(
-                [rows[i] for i in to_model],
-                cfg.model.timeout_ms / 1000.0,
-                cfg.model.max_concurrency,
-            )
-        finally:
-            if outcome is None:  # cancelled (client gone): the permit must not leak
-                self.circuit.on_skipped(permit)
-        self.recorder.record_model_call(outcome)
-        healthy = self._accept_model_answers(outcome, to_model, answers, row_reasons, cfg)
-        if outcome.failure == reasons.MODEL_OVERLOADED:  # never ran: says nothing of the model
-            self.circuit.on_skipped(permit)
-        elif healthy:
-            self.circuit.on_success(permit)
-        else:  # errors, timeouts and invalid outputs all count against the model
-            self.circuit.on_failure(permit)
-
-    def _accept_model_answers(
+    def _accept(
         self,
         outcome: ModelOutcome,
         to_model: list[int],
         answers: list[Prediction | None],
         row_reasons: list[list[str]],
-        cfg: Settings,
+        policy: OutputPolicy,
+        version: str,
     ) -> bool:
         """Fill in the model's valid answers; True when every row got one."""
-        probs = outcome.probabilities
-        if probs is not None and len(probs) != len(to_model):
-            outcome = ModelOutcome(None, reasons.OUTPUT_INVALID, "wrong length", outcome.seconds)
-        if outcome.probabilities is None:
+        raw = outcome.raw
+        if raw is None:
             failure = reasons.with_detail(outcome.failure, outcome.detail)
             for i in to_model:
                 row_reasons[i].append(failure)
             return False
+        outputs: list[Output | InvalidOutput]
+        if raw.ndim == 0 or raw.shape[0] != len(to_model):
+            outputs = [InvalidOutput(f"{raw.shape[0] if raw.ndim else 0} answers for {len(to_model)} rows")]
+            outputs *= len(to_model)
+        else:
+            outputs = self.task.from_model(raw, policy)
         healthy = True
-        for i, p in zip(to_model, outcome.probabilities.tolist()):
-            if not is_valid_probability(p):
-                row_reasons[i].append(reasons.with_detail(reasons.OUTPUT_INVALID, repr(p)))
+        for i, out in zip(to_model, outputs):
+            if isinstance(out, InvalidOutput):
+                row_reasons[i].append(reasons.with_detail(reasons.OUTPUT_INVALID, str(out)))
                 healthy = False
                 continue
-            answers[i] = Prediction(
-                request_id=uuid.uuid4().hex,
-                probability=p,
-                decision=_decide(p, cfg.decision.threshold),
-                route=ROUTE_MODEL,
-                model_version=self.model_version,
-            )
+            answers[i] = Prediction(uuid.uuid4().hex, out, ROUTE_MODEL, model_version=version)
         return healthy
 
-    def _fallback(self, row: dict[str, Any], found: list[str], cfg: Settings) -> Prediction:
+    def _fallback(
+        self, row: dict[str, Any], found: list[str], cfg: Settings, policy: OutputPolicy, version: str
+    ) -> Prediction:
         try:
             result = self.heuristic.score(row)
-            if not is_valid_probability(result.probability):
-                raise ValueError(f"heuristic returned {result.probability!r}")
+            output = self.task.from_rules(result, policy)
         except Exception as exc:  # the rules failing must still leave an answer
             log.exception("heuristic failed; answering the safe default")
-            default = SafeDefault(cfg.safe_default.probability, cfg.safe_default.decision)
+            answer = cfg.safe_default.answer
+            default = self.task.default(self.task.safe_default if answer is None else answer, policy)
             return Prediction(
-                request_id=uuid.uuid4().hex,
-                probability=default.probability,
-                decision=default.decision,
-                route=ROUTE_DEFAULT,
+                uuid.uuid4().hex, default, ROUTE_DEFAULT,
                 reasons=[*found, reasons.with_detail(reasons.HEURISTIC_ERROR, type(exc).__name__)],
-                model_version=self.model_version,
+                model_version=version,
                 cause=reasons.HEURISTIC_ERROR,
             )
         return Prediction(
-            request_id=uuid.uuid4().hex,
-            probability=float(result.probability),
-            decision=_decide(result.probability, cfg.decision.threshold),
-            route=ROUTE_HEURISTIC,
+            uuid.uuid4().hex, output, ROUTE_HEURISTIC,
             reasons=found,
             rules=list(result.rules),
-            model_version=self.model_version,
+            model_version=version,
             cause=reasons.code_of(found[0]),
         )
-
-
-def _decide(probability: float, threshold: float) -> str:
-    return "decline" if probability >= threshold else "approve"

@@ -16,7 +16,10 @@ from service.drift_feed import DriftFeed
 from service.logs import PREDICTION_LOGGER
 from service.model_call import ModelOutcome
 from service.pipeline import Recorder
+from monitors.tasks import Task
 from service.prediction import ROUTE_DEFAULT, ROUTE_HEURISTIC, ROUTE_MODEL, Prediction
+
+ROUTES = (ROUTE_MODEL, ROUTE_HEURISTIC, ROUTE_DEFAULT)
 
 prediction_log = logging.getLogger(PREDICTION_LOGGER)
 
@@ -30,14 +33,22 @@ KNOWN_REQUEST_LABELS = (
 
 
 class MetricsRecorder(Recorder):
-    def __init__(self, metrics: Metrics, settings: Any, drift: DriftFeed | None = None) -> None:
+    def __init__(
+        self, metrics: Metrics, task: Task, settings: Any, drift: DriftFeed | None = None
+    ) -> None:
         self.metrics = metrics
+        # Which histogram the answered score goes to: the positive class's probability (binary),
+        # the value (regression); a multiclass answer is counted by its decision only.
+        self._score_metric = {"binary": metrics.probability, "regression": metrics.value}.get(task.kind)
         self._settings = settings  # () -> Settings
         self._drift = drift  # served rows go to the drift window through it
         # Label lookups cost more than the increment itself: keep the children we have used.
         self._children: dict[tuple, Any] = {}
         for route, reason in KNOWN_REQUEST_LABELS:
             self._child(metrics.requests, route, reason)
+        for route in ROUTES:
+            for decision in task.labels:  # bounded: the plug-in's declared classes or decisions
+                self._child(metrics.decisions, route, decision)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -53,14 +64,18 @@ class MetricsRecorder(Recorder):
         violations: list[list[Violation]],
     ) -> None:
         m = self.metrics
+        score_metric = self._score_metric
         cfg: Settings = self._settings()
         # Decided once per call: the line is never built when the level or the ratio drops it.
         sample = cfg.logging.prediction_sample_ratio if prediction_log.isEnabledFor(logging.INFO) else 0.0
         for p, found in zip(predictions, violations):
             self._child(m.requests, p.route, p.cause).inc()
             self._child(m.request_duration, p.route).observe(p.seconds)
-            self._child(m.probability, p.route).observe(p.probability)
-            self._child(m.decisions, p.route, p.decision).inc()
+            out = p.output
+            if score_metric is not None:
+                self._child(score_metric, p.route).observe(out.score)
+            if out.decision is not None:
+                self._child(m.decisions, p.route, out.decision).inc()
             for v in found:
                 self._child(m.input_violations, v.check, v.field).inc()
             if sample >= 1.0 or (sample > 0.0 and random.random() < sample):
@@ -81,11 +96,10 @@ def _log_line(p: Prediction) -> str:
             "pid": os.getpid(),  # which worker answered
             "request_id": p.request_id,
             "route": p.route,
-            "decision": p.decision,
+            **p.output.fields,
             "reasons": p.reasons,
             "model_version": p.model_version,
             "latency_ms": round(p.seconds * 1000, 3),
-            "probability": round(p.probability, 6),
         },
         separators=(",", ":"),
     )

@@ -18,6 +18,7 @@ class RoutingState:
     config_mode: str  # routing.mode from the config in force: auto | fallback
     admin_mode: str | None = None  # the operator's override, if any: auto | fallback
     drift_active: bool = False  # the drift policy says: route to the rules
+    model_available: bool = True  # a model version is loaded
 
 
 def mode_in_force(config_mode: str, admin_mode: str | None) -> str:
@@ -32,6 +33,8 @@ def reasons_against_model(state: RoutingState, violations: list[Violation]) -> l
         found.append(reasons.CONFIG_FORCED)
     if state.admin_mode == "fallback":
         found.append(reasons.ADMIN_FORCED)
+    if not state.model_available:
+        found.append(reasons.MODEL_UNAVAILABLE)
     found.extend(v.reason for v in violations)
     if state.drift_active:
         found.append(reasons.DRIFT_DETECTED)

@@ -1,4 +1,4 @@
-"""Everything one worker process owns: the config store, the model, the pipeline, the metrics.
+"""Everything one worker process owns: the config store, the model slot, the pipeline, the metrics.
 
 Built once per worker in the BentoML service's __init__, stopped in its shutdown hook.
 """
@@ -7,21 +7,23 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
 from monitors.circuit import CircuitBreaker, CircuitMetrics
 from monitors.metrics import Metrics
-from monitors.reference import ReferenceStats
 from service.admin_state import AdminStateStore, state_dir_path
-from service.config import Settings
+from service.config import Settings, config_path
 from service.config_store import ConfigStore
 from service.drift_feed import DriftFeed
 from service.faults import FaultyHeuristic, FaultyModel
 from service.logs import configure_worker_logging
-from service.model import Model
+from service.model import LoadedModel
 from service.model_call import DeadlineModelCall
+from service.model_slot import ModelSlot
 from service.pipeline import GuardedPipeline
+from service.prediction import UNAVAILABLE
 from service.recorder import MetricsRecorder
 from service.router import RoutingState, mode_in_force
 from service.spec import GuardedApp
@@ -29,27 +31,33 @@ from service.spec import GuardedApp
 log = logging.getLogger("mlguard.runtime")
 
 
+def model_tag(app: GuardedApp, settings: Settings) -> str:
+    return settings.model.tag or f"{app.model_name}:latest"
+
+
 class GuardedRuntime:
     def __init__(
         self,
         app: GuardedApp,
-        config_path: Path,
-        model: Model,
-        reference: ReferenceStats,
         drift_client: Callable[[], Any] | None = None,  # () -> the drift process's proxy
+        registry: CollectorRegistry = REGISTRY,
+        config_file: Any = None,  # default: config_path(app.name)
     ) -> None:
         configure_worker_logging()
         self.app = app
-        self.config = ConfigStore(config_path)
-        self.model = model
-        self.metrics = Metrics()
+        self.config = ConfigStore(config_file or config_path(app.name), validate=app.check_settings)
+        self.slot = ModelSlot(app, model_tag(app, self.config.current))
+        self._published_version: str | None = None
+        self.slot.load()  # before the metrics: a regression plug-in's buckets come from the card
+        self.metrics = Metrics(registry, value_buckets(self.slot.current))
         for outcome in ("success", "failure"):  # at 0 from the start, so increase() sees the first
             self.metrics.config_reloads.labels(outcome)
         self.config.on_reload_outcome(lambda outcome: self.metrics.config_reloads.labels(outcome).inc())
         self.config.subscribe(lambda old, new: self._publish_state(new))
-        # The operator's override lives in a file every worker polls with the config.
+        # The operator's override lives in a file every worker polls with the config; one folder
+        # per plug-in, so two plug-ins served from one checkout never share an override.
         self.admin = AdminStateStore(
-            state_dir_path(self.config.current.admin.state_dir),
+            state_dir_path(self.config.current.admin.state_dir) / app.name,
             on_change=lambda state: self._publish_state(self.settings()),
         )
         self.config.watch(self.admin.watched)
@@ -58,48 +66,81 @@ class GuardedRuntime:
             listeners=[CircuitMetrics(self.metrics.circuit_state, self.metrics.circuit_transitions)],
         )
         self.model_call = DeadlineModelCall(
-            FaultyModel(model.predict_proba, self.settings), lambda: self.settings().model
+            FaultyModel(self._predict, self.settings), lambda: self.settings().model
         )
         self.drift = (
-            DriftFeed(drift_client, app.features.names, self.settings,
+            DriftFeed(drift_client, self.settings,
                       lambda: self.metrics.drift_checks.labels("error").inc())
             if drift_client is not None else None
         )
         self.pipeline = GuardedPipeline(
-            heuristic=FaultyHeuristic(app.heuristic, self.settings),
+            app,
             model_call=self.model_call,
-            model_version=model.version,
-            reference=reference,
+            served=lambda: self.slot.current,
             settings=self.settings,
             routing_state=self.routing_state,
-            recorder=MetricsRecorder(self.metrics, self.settings, self.drift),
+            recorder=MetricsRecorder(self.metrics, app.task, self.settings, self.drift),
             circuit=self.circuit,
+            heuristic=FaultyHeuristic(app.heuristic, self.settings),
         )
-        self.metrics.model_info.labels(model.version).set(1)
+        self._publish_model(self.slot.current)
+        self.slot.on_loaded = self._publish_model  # a version loaded later, by the retry loop
         self._publish_state(self.config.current)
+
+    def _predict(self, rows: list[dict[str, Any]]) -> Any:
+        served = self.slot.current
+        if served is None:  # the router sends no row without a model; a swap may race it
+            raise RuntimeError("no model version loaded")
+        return served.model.predict_rows(rows)
+
+    def _publish_model(self, loaded: LoadedModel | None) -> None:
+        version = loaded.version if loaded else UNAVAILABLE
+        self.metrics.model_loaded.set(1 if loaded else 0)
+        # Multiprocess gauges cannot drop a label: the version no longer served goes to 0.
+        if self._published_version not in (None, version):
+            self.metrics.model_info.labels(self._published_version).set(0)
+        self.metrics.model_info.labels(version).set(1)
+        self._published_version = version
 
     def settings(self) -> Settings:
         return self.config.current
+
+    def ready(self) -> bool:
+        """What /readyz answers: not ready only while a required model is missing."""
+        return self.slot.current is not None or not self.settings().model.required
 
     def routing_state(self, cfg: Settings) -> RoutingState:
         return RoutingState(
             config_mode=cfg.routing.mode,
             admin_mode=self.admin.current.mode,
             drift_active=self.drift is not None and self.drift.drift_active(cfg),
+            model_available=self.slot.current is not None,
         )
 
     def admin_view(self) -> dict[str, object]:
         """What GET /admin/state shows of this worker."""
         cfg = self.settings()
         state = self.routing_state(cfg)
+        served = self.slot.current
         return {
             "worker_pid": os.getpid(),
+            "app": self.app.name,
+            "task": self.app.task.kind,
             "mode": {
                 "effective": mode_in_force(state.config_mode, state.admin_mode),
                 "config": state.config_mode,
                 "admin": state.admin_mode,
                 "admin_changed_by": self.admin.current.changed_by,
                 "admin_changed_at": self.admin.current.changed_at,
+            },
+            "model": {
+                "tag": self.slot.tag,
+                "version": served.version if served else UNAVAILABLE,
+                "loaded": served is not None,
+                "problem": self.slot.problem,
+                "yardstick": served.card.yardstick if served else None,
+                # Without a model there are no reference statistics to check inputs against.
+                "input_checks": "on" if served else "off: no model version loaded",
             },
             "circuit": self.circuit.snapshot(),
             "drift": {"active": state.drift_active},
@@ -117,11 +158,22 @@ class GuardedRuntime:
 
     def start(self) -> None:
         self.config.start()
+        self.slot.start_retrying()
         if self.drift is not None:
             self.drift.start()
 
     def stop(self) -> None:
         self.config.stop()
+        self.slot.stop()
         if self.drift is not None:
             self.drift.stop()
         self.model_call.shutdown()
+
+
+def value_buckets(loaded: LoadedModel | None) -> tuple[float, ...]:
+    """A regression plug-in's value histogram: 10 equal steps over the training target's range."""
+    if loaded is None or not loaded.card.target:
+        return Histogram.DEFAULT_BUCKETS
+    low, high = loaded.card.target["min"], loaded.card.target["max"]
+    step = (high - low) / 10 or 1.0
+    return tuple(round(low + step * i, 6) for i in range(11)) + (float("inf"),)

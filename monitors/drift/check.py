@@ -31,15 +31,20 @@ class DriftCheck:
         numeric_p: float,
         categorical_p: float,
         share_threshold: float,
-        reference_probabilities: pd.Series | None = None,
+        reference_predictions: pd.Series | None = None,
     ) -> None:
+        """`reference_predictions`: the model's predictions on the reference rows. Numbers
+        (probabilities, values) are tested with KS, classes with chi-square."""
         self.schema = schema
         self.numeric_p = numeric_p
         self.categorical_p = categorical_p
         self.share_threshold = share_threshold
         self.buckets = {c: CategoryBuckets(reference[c], window_size) for c in schema.categorical}
         self.reference = self.prepare(reference)
-        self.reference_probabilities = reference_probabilities
+        self.reference_predictions = reference_predictions
+        self.predictions_categorical = (
+            reference_predictions is not None and reference_predictions.dtype == object
+        )
 
     def prepare(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Numbers as floats (missing values are dropped by the test), categories bucketed."""
@@ -50,7 +55,7 @@ class DriftCheck:
             out[name] = self.buckets[name].apply(frame[name])
         return pd.DataFrame(out)
 
-    def run(self, window: pd.DataFrame, probabilities: pd.Series | None = None) -> DriftResult:
+    def run(self, window: pd.DataFrame, predictions: pd.Series | None = None) -> DriftResult:
         started = time.perf_counter()
         current = self.prepare(window)
         features = {}
@@ -68,11 +73,18 @@ class DriftCheck:
         drifted = [n for n, c in features.items() if c.drifted]
         share = len(drifted) / len(features)
         prediction = None
-        if self.reference_probabilities is not None and probabilities is not None and len(probabilities):
-            prediction = _test(
-                ks_stat_test, ColumnType.Numerical, self.reference_probabilities, probabilities,
-                self.numeric_p,
-            )
+        reference = self.reference_predictions
+        if reference is not None and predictions is not None and len(predictions):
+            if self.predictions_categorical:
+                prediction = _test(
+                    chi_stat_test, ColumnType.Categorical, reference.astype(str),
+                    predictions.astype(str), self.categorical_p,
+                )
+            else:
+                prediction = _test(
+                    ks_stat_test, ColumnType.Numerical, reference.astype(float),
+                    predictions.astype(float), self.numeric_p,
+                )
         return DriftResult(
             features=features,
             drift_share=share,

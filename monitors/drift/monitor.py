@@ -7,7 +7,6 @@ workers route on and what GET /monitoring/drift shows.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
@@ -21,9 +20,10 @@ from monitors.drift.window import (
     WindowRow,
     agreement_ratio,
     features_frame,
-    probabilities,
+    predictions,
 )
 from monitors.features import FeatureSchema
+from monitors.periodic import PeriodicThread
 from monitors.metrics import DriftMetrics
 
 log = logging.getLogger("mlguard.drift")
@@ -36,14 +36,14 @@ class DriftMonitor:
         reference: pd.DataFrame,
         settings: Callable[[], object],  # () -> DriftConfig; kept untyped so monitors/ needs no service/
         metrics: DriftMetrics,
-        reference_probabilities: pd.Series | None = None,
+        reference_predictions: pd.Series | None = None,
         agreement_baseline: float | None = None,
     ) -> None:
         self.schema = schema
         self.reference = reference
         self.settings = settings
         self.metrics = metrics
-        self.reference_probabilities = reference_probabilities
+        self.reference_predictions = reference_predictions
         self.agreement_baseline = agreement_baseline
         cfg = settings()
         self.window = DriftWindow(cfg.window_size)
@@ -52,8 +52,7 @@ class DriftMonitor:
         self.last: DriftResult | None = None
         self.last_outcome: str | None = None
         self._check: tuple[tuple, DriftCheck] | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = PeriodicThread("mlguard-drift-check", self._tick, lambda: settings().check_interval_s)
         if agreement_baseline is not None:
             metrics.shadow_baseline.set(agreement_baseline)
         metrics.detected.set(0)
@@ -69,7 +68,7 @@ class DriftMonitor:
         if self._check is None or self._check[0] != key:
             check = DriftCheck(
                 self.schema, self.reference, cfg.window_size, cfg.numeric_p_value,
-                cfg.categorical_p_value, cfg.share_threshold, self.reference_probabilities,
+                cfg.categorical_p_value, cfg.share_threshold, self.reference_predictions,
             )
             self._check = (key, check)
         return self._check[1]
@@ -89,10 +88,10 @@ class DriftMonitor:
         if len(rows) < cfg.min_samples:
             return self._count("insufficient_data")
         try:
-            probs = probabilities(rows)
+            served = predictions(rows)
             result = self.checker().run(
                 features_frame(rows, self.schema.names),
-                probs if len(probs) >= cfg.min_samples else None,
+                served if len(served) >= cfg.min_samples else None,
             )
         except Exception:  # a broken check must never reach serving: count, log, apply on_error
             log.exception("drift check failed; on_error=%s", cfg.on_error)
@@ -148,23 +147,14 @@ class DriftMonitor:
         }
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="mlguard-drift-check", daemon=True)
-            self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._loop.stop()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.settings().check_interval_s):
-            if self.settings().enabled:
-                try:
-                    self.check_once()
-                except Exception:  # the checker thread must outlive any bug
-                    log.exception("drift checker loop failed; retrying")
+    def _tick(self) -> None:
+        if self.settings().enabled:
+            self.check_once()
 
 
 def _iso(ts: float) -> str:

@@ -19,7 +19,7 @@ class DriftResult:
     dataset_drift: bool  # drift_share reached the configured share_threshold
     rows: int  # window rows the check judged
     seconds: float  # how long the check took
-    prediction: ColumnDrift | None = None  # the model probability, when enough rows had one
+    prediction: ColumnDrift | None = None  # the model's predictions, when enough rows had one
     checked_at: float = 0.0  # unix time
     drifted_features: list[str] = field(default_factory=list)
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # imported where frames are built, in the drift process, not 
 @dataclass(frozen=True)
 class WindowRow:
     features: dict[str, Any]
-    probability: float | None  # the model's, when the model answered the row
+    prediction: float | str | None  # the model's (probability, class or value) when it answered
     agreed: bool | None  # model and rules took the same decision (model-routed rows only)
 
 
@@ -55,10 +55,11 @@ def features_frame(rows: list[WindowRow], columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame([r.features for r in rows], columns=columns)
 
 
-def probabilities(rows: list[WindowRow]) -> pd.Series:
+def predictions(rows: list[WindowRow]) -> pd.Series:
+    """The model's predictions in the window (rows the model answered)."""
     import pandas as pd
 
-    return pd.Series([r.probability for r in rows if r.probability is not None], dtype=float)
+    return pd.Series([r.prediction for r in rows if r.prediction is not None])
 
 
 def agreement_ratio(rows: list[WindowRow]) -> float | None:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-DATA_PATH = Path(__file__).resolve().parent.parent / "data" / "credit_data.csv"
+DATA_PATH = Path(__file__).resolve().parents[2] / "data" / "credit_data.csv"
 TARGET = "status"
 POSITIVE = "bad"  # the model predicts the probability of default
 SEED = 20240611

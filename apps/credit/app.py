@@ -1,7 +1,8 @@
-"""The reference application's declaration: a credit-risk scorer on loan applications.
+"""The credit-risk plug-in: one module, as a user would write it.
 
-Everything credit-specific that the service needs is here (the request schema, the feature
-schema, the rules, the model name); the pipeline is given this spec and knows nothing of credit.
+The request schema (its fields are the model's features, declared once), the rules
+(apps/credit/rules.py), the task, and the service. Serve it with `make serve` (the default app):
+    bentoml serve apps.credit.app:CreditRiskService
 """
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fallbacks.credit_rules import CreditRules
-from monitors.features import Feature, FeatureSchema
+from apps.credit.rules import CreditRules
+from monitors.tasks import Binary
+from service.factory import guard
 from service.spec import GuardedApp
 
 # Generous physical bounds: the schema rejects absurd values outright (400); values that are merely
@@ -44,29 +46,13 @@ class LoanApplication(BaseModel):
     price: Annotated[Money, Field(description="Price of the purchased good")]
 
 
-CREDIT_FEATURES = FeatureSchema(
-    (
-        Feature("seniority", "numeric"),
-        Feature("home", "categorical", nullable=True),
-        Feature("time", "numeric"),
-        Feature("age", "numeric"),
-        Feature("marital", "categorical", nullable=True),
-        Feature("records", "categorical"),
-        Feature("job", "categorical", nullable=True),
-        Feature("expenses", "numeric"),
-        Feature("income", "numeric", nullable=True),
-        Feature("assets", "numeric", nullable=True),
-        Feature("debt", "numeric", nullable=True),
-        Feature("amount", "numeric"),
-        Feature("price", "numeric"),
-    )
-)
-
 CREDIT_APP = GuardedApp(
     name="credit_risk",
-    model_name="credit_risk",
-    request_model=LoanApplication,
-    batch_field="applications",
-    features=CREDIT_FEATURES,
+    request=LoanApplication,
+    # The target `status`: good or bad; the probability answered is that of default ("bad").
+    task=Binary(classes=("good", "bad"), decisions=("approve", "decline"), safe_default="bad"),
     heuristic=CreditRules(),
+    batch_field="applications",
 )
+
+CreditRiskService = guard(CREDIT_APP)
