@@ -39,7 +39,8 @@ class GuardCard:
             "format": FORMAT,
             "app": self.app,
             "task": self.task,
-            "classes": list(self.classes) if self.classes else None,
+            # BentoML metadata refuses None: a regression card has no classes key at all.
+            **({"classes": list(self.classes)} if self.classes else {}),
             "features": self.features.names,
             "yardstick": self.yardstick,
         }

@@ -15,6 +15,7 @@ from typing import Any
 import bentoml
 
 from monitors.drift.window import WindowRow, features_frame
+from monitors.periodic import PeriodicThread
 from monitors.tasks import InvalidOutput, OutputPolicy
 from service import config
 from service.config_store import ConfigStore
@@ -27,6 +28,7 @@ log = logging.getLogger("mlguard.drift")
 # serving leaves, so its start-up (importing Evidently: tens of CPU seconds) and its checks never
 # slow an answer. A check that waits a little under load costs nothing (docs/DRIFT.md).
 NICENESS = 10
+RETRY_S = 30.0  # between load attempts while no model version can be loaded
 
 
 def build_drift_service(app: GuardedApp) -> Any:
@@ -38,15 +40,28 @@ def build_drift_service(app: GuardedApp) -> Any:
             self.config = ConfigStore(config.config_path(app.name), validate=app.check_settings)
             self.monitor: Any = None
             self.served: LoadedModel | None = None
-            try:
-                self.served = load_model(app, model_tag(app, self.config.current))
-            except ModelRefused as exc:  # the workers log the fix; nothing to compare against
-                log.warning("drift monitoring off: %s", exc)
-                return
-            self.monitor = _monitor(app, self.served, lambda: self.config.current.drift)
+            self._tag = model_tag(app, self.config.current)
             self.config.start()
-            self.monitor.start()
-            log.info("drift monitor for %s up (pid %d)", self.served.version, os.getpid())
+            # Without a model there is nothing to compare with: retry until one can be loaded,
+            # as the workers do (the workers log the fix).
+            self._loader = PeriodicThread("mlguard-drift-model-load", self._try_load, lambda: RETRY_S)
+            if not self._try_load():
+                self._loader.start()
+
+        def _try_load(self) -> bool:
+            if self.monitor is not None:
+                return True
+            try:
+                served = load_model(app, self._tag)
+            except ModelRefused as exc:
+                log.warning("drift monitoring off until a model loads: %s", exc)
+                return False
+            monitor = _monitor(app, served, lambda: self.config.current.drift)
+            self.served, self.monitor = served, monitor
+            monitor.start()
+            self._loader.stop(timeout_s=0)
+            log.info("drift monitor for %s up (pid %d)", served.version, os.getpid())
+            return True
 
         def _policy(self) -> OutputPolicy:
             cfg = self.config.current
@@ -91,6 +106,7 @@ def build_drift_service(app: GuardedApp) -> Any:
 
         @bentoml.on_shutdown
         def shutdown(self) -> None:
+            self._loader.stop()
             if self.monitor is not None:
                 self.monitor.stop()
             self.config.stop()

@@ -16,12 +16,12 @@ import httpx
 import pandas as pd
 import pytest
 
-from service.credit import CREDIT_FEATURES
+from apps.credit.app import CREDIT_APP
+from apps.credit.data import load_credit_data, split_data, to_rows
 from service.drift_service import NICENESS
 from tests.conftest import wait_until
 from tests.support.prometheus import PrometheusProcess, scraping
 from tests.support.server import ROOT, ServerProcess
-from training.data import load_credit_data, split_data, to_rows
 
 WINDOW = 100
 DRIFT_CONFIG = {
@@ -72,7 +72,7 @@ def prometheus(drift_server: ServerProcess, tmp_path_factory) -> Iterator[Promet
 def traffic() -> dict[str, list[dict]]:
     split = split_data(load_credit_data())
     held_out = pd.concat([split.validation, split.test], ignore_index=True)
-    names = CREDIT_FEATURES.names
+    names = CREDIT_APP.features.names
     shifted = held_out[(held_out.job == "partime") & (held_out.records == "yes")]
     shifted = pd.concat([shifted, held_out[held_out.job == "partime"]]).head(WINDOW)
     return {"normal": to_rows(held_out, names), "shifted": to_rows(shifted, names)}
@@ -115,7 +115,7 @@ def test_status_json_before_and_after_a_judged_window(client, traffic) -> None:
     status = client.get("/monitoring/drift").json()
     assert status["window_rows"] == WINDOW
     assert status["dataset_drift"] is False and status["routing_to_fallback"] is False
-    assert set(status["features"]) == set(CREDIT_FEATURES.names)
+    assert set(status["features"]) == set(CREDIT_APP.features.names)
     for feature in status["features"].values():
         assert set(feature) == {"score", "method", "threshold", "drifted"}
         assert feature["method"] in {"ks", "chisquare"} and feature["threshold"] == 0.001

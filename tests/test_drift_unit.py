@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
 
+from apps.credit.app import CREDIT_APP
+from apps.credit.data import load_credit_data, split_data
 from monitors.drift.buckets import OTHER, CategoryBuckets
 from monitors.drift.check import DriftCheck
 from monitors.drift.monitor import DriftMonitor
@@ -16,10 +18,10 @@ from monitors.drift.policy import DriftPolicy, Hysteresis
 from monitors.drift.window import DriftWindow, WindowRow, agreement_ratio
 from monitors.metrics import DriftMetrics
 from service.config import DriftConfig, Settings
-from service.credit import CREDIT_FEATURES
 from service.drift_feed import DriftFeed
 from service.prediction import Prediction
-from training.data import load_credit_data, split_data
+
+CREDIT_FEATURES = CREDIT_APP.features
 
 
 @pytest.fixture(scope="module")
@@ -185,10 +187,12 @@ class _LiveDrift:
     def __init__(self, routing: bool) -> None:
         self.routing = routing
         self.received: list[list[dict]] = []
+        self.predictions: list[list] = []
         self.to_async = self
 
-    async def ingest(self, rows, probabilities):
+    async def ingest(self, rows, predictions):
         self.received.append(rows)
+        self.predictions.append(predictions)
         return {"routing_to_fallback": self.routing, "policy_state": "drifted"}
 
 
@@ -196,14 +200,20 @@ def _settings(**drift) -> Settings:
     return Settings(drift=DriftConfig(**drift))
 
 
-def test_feed_sends_schema_fields_and_keeps_the_verdict() -> None:
+def _prediction(route: str = "model") -> Prediction:
+    return Prediction("x", CREDIT_APP.task.output(0.3, 0.5), route, model_version="v")
+
+
+def test_feed_sends_request_rows_and_model_scores_and_keeps_the_verdict() -> None:
     cfg = _settings()
     live = _LiveDrift(routing=True)
-    feed = DriftFeed(lambda: live, ["a"], lambda: cfg, lambda: None)
-    p = Prediction(request_id="x", probability=0.3, decision="approve", route="model", model_version="v")
-    feed.offer([{"a": 1, "extra": 2}], [p])
+    feed = DriftFeed(lambda: live, lambda: cfg, lambda: None)
+    # Rows go as clients sent them (the drift process derives the features); only a
+    # model-routed row carries its score, a rules-routed one None.
+    feed.offer([{"a": 1, "extra": 2}, {"a": 3}], [_prediction(), _prediction("heuristic")])
     asyncio.run(feed.flush())
-    assert live.received == [[{"a": 1}]]
+    assert live.received == [[{"a": 1, "extra": 2}, {"a": 3}]]
+    assert live.predictions == [[0.3, None]]
     assert feed.drift_active(cfg) is True
     assert feed.drift_active(_settings(action="alert")) is False
 
@@ -211,8 +221,8 @@ def test_feed_sends_schema_fields_and_keeps_the_verdict() -> None:
 def test_feed_buffers_no_more_rows_than_the_window_keeps() -> None:
     cfg = _settings(window_size=100, min_samples=50)
     live = _LiveDrift(routing=False)
-    feed = DriftFeed(lambda: live, ["a"], lambda: cfg, lambda: None)
-    p = Prediction(request_id="x", probability=0.3, decision="approve", route="model", model_version="v")
+    feed = DriftFeed(lambda: live, lambda: cfg, lambda: None)
+    p = _prediction()
     for i in range(250):
         feed.offer([{"a": i}], [p])
     asyncio.run(feed.flush())
@@ -224,7 +234,7 @@ def test_feed_with_a_dead_drift_process(on_error: str, active: bool) -> None:
     cfg = _settings(on_error=on_error)
     errors: list[int] = []
     client = SimpleNamespace(current=_LiveDrift(routing=True))
-    feed = DriftFeed(lambda: client.current, ["a"], lambda: cfg, lambda: errors.append(1))
+    feed = DriftFeed(lambda: client.current, lambda: cfg, lambda: errors.append(1))
     asyncio.run(feed.flush())  # one good contact: the verdict is "route"
     client.current = _DeadDrift()
     asyncio.run(feed.flush())

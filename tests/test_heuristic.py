@@ -7,8 +7,8 @@ import bentoml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fallbacks.credit_rules import CreditRules
-from service.credit import LoanApplication
+from apps.credit.app import LoanApplication
+from apps.credit.rules import CreditRules
 from tests.support.data import GOOD_ROW
 
 RULES = CreditRules()
@@ -60,6 +60,9 @@ def test_rules_explain_a_risky_application() -> None:
 
 
 def test_model_beats_the_rules_on_the_test_split() -> None:
-    evaluation = bentoml.models.get("credit_risk:latest").info.metadata["evaluation"]
-    assert evaluation["model"]["roc_auc"] > evaluation["heuristic"]["roc_auc"] > 0.7
-    assert 0.0 < evaluation["validation_agreement"] <= 1.0
+    """The yardstick saved with the model (its guard card's summary) on the held-out split."""
+    yardstick = bentoml.models.get("credit_risk:latest").info.metadata["mlguard"]["yardstick"]
+    assert yardstick["metric"] == "roc_auc" and yardstick["rows"] > 0
+    assert yardstick["model"]["roc_auc"] > yardstick["heuristic"]["roc_auc"] > 0.7
+    assert yardstick["model_beats_rules"] is True
+    assert 0.0 < yardstick["agreement"] <= 1.0

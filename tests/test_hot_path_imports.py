@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PROBE = """
 import asyncio, sys
-from service.credit_service import CreditRiskService
+from apps.credit.app import CreditRiskService
 row = {"seniority": 9, "home": "rent", "time": 60, "age": 30, "marital": "married",
        "records": "no", "job": "freelance", "expenses": 73, "income": 129.0, "assets": 0.0,
        "debt": 0.0, "amount": 800, "price": 846}
@@ -45,16 +45,18 @@ def test_api_worker_serves_without_importing_evidently(tmp_path: Path) -> None:
 
 
 def test_training_is_deterministic() -> None:
-    from service.credit import CREDIT_FEATURES
-    from training.data import SEED, labels, load_credit_data, split_data, to_rows
-    from training.model import build_model
+    from apps.credit.app import CREDIT_APP
+    from apps.credit.data import SEED, TARGET, load_credit_data, split_data, to_rows
+    from apps.credit.model import build_model
 
+    features = CREDIT_APP.features
     split = split_data(load_credit_data())
     assert split_data(load_credit_data()).test.equals(split.test)
-    x = CREDIT_FEATURES.matrix(to_rows(split.train, CREDIT_FEATURES.names))
-    x_test = CREDIT_FEATURES.matrix(to_rows(split.test, CREDIT_FEATURES.names))
+    x = features.matrix(to_rows(split.train, features.names))
+    x_test = features.matrix(to_rows(split.test, features.names))
+    y = split.train[TARGET].to_numpy()  # the class names, as apps/credit/train.py fits them
     runs = [
-        build_model(CREDIT_FEATURES, SEED, max_iter=100).fit(x, labels(split.train)).predict_proba(x_test)
+        build_model(features, SEED, max_iter=100).fit(x, y).predict_proba(x_test)
         for _ in range(2)
     ]
     assert (runs[0] == runs[1]).all()

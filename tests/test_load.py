@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from monitors import reasons
-from service.api_models import BatchOut, PredictionOut
+from tests.support.answers import CreditAnswer, CreditBatchAnswer
 from tests.support.load import credit_calls, run_load
 from tests.support.metrics import scrape, total
 from tests.support.server import ROOT, ServerProcess
@@ -49,9 +49,9 @@ def test_under_faults_every_prediction_is_answered_valid_and_counted(faulty_serv
     answers = []
     for r in report.results:
         if r.call.path == "/predict":
-            answers.append(PredictionOut.model_validate(r.body))
+            answers.append(CreditAnswer.model_validate(r.body))
         else:
-            batch = BatchOut.model_validate(r.body)
+            batch = CreditBatchAnswer.model_validate(r.body)
             assert len(batch.predictions) == BATCH_SIZE
             answers.extend(batch.predictions)
     assert len(answers) == sent

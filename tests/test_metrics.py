@@ -17,9 +17,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from apps.credit.app import CREDIT_APP
 from monitors import reasons
 from monitors.metrics import LATENCY_BUCKETS
-from service.credit import CREDIT_FEATURES
 from tests.conftest import wait_until
 from tests.support.data import GOOD_ROW, credit_rows
 from tests.support.prometheus import require_binary
@@ -37,6 +37,7 @@ CONTRACT = {
     "mlguard_routing_mode": ("gauge", {"mode"}),
     "mlguard_config_reloads": ("counter", {"outcome"}),
     "mlguard_faults_active": ("gauge", set()),
+    "mlguard_model_loaded": ("gauge", set()),
 }
 ROUTES = {"model", "heuristic", "default"}
 OUT_OF_RANGE = {**GOOD_ROW, "age": 140}  # valid for the schema (<= 150), far past training ages
@@ -88,6 +89,9 @@ def test_names_types_labels_and_buckets_are_the_contract(client: httpx.Client) -
             if kind == "counter":  # the exposed name, as PromQL sees it
                 assert s.name == f"{name}_total", s.name
     assert by_labels(client, "mlguard_model_info", "model_version")
+    assert total(client, "mlguard_model_loaded") == 1  # the store's model is served
+    # A binary plug-in answers probabilities: the regression value histogram stays empty.
+    assert not ("mlguard_prediction_value" in found and found["mlguard_prediction_value"].samples)
     assert set(by_labels(client, "mlguard_config_reloads_total", "outcome")) >= {
         ("success",), ("failure",),
     }
@@ -111,7 +115,7 @@ def test_label_values_stay_bounded(client: httpx.Client) -> None:
     assert not [r for _, r in requests if ":" in r], "a detail leaked into a label"
     violations = by_labels(client, "mlguard_input_violations_total", "check", "field")
     assert {c for c, _ in violations} == {reasons.INPUT_OUT_OF_RANGE, reasons.INPUT_UNKNOWN_CATEGORY}
-    assert {f for _, f in violations} <= set(CREDIT_FEATURES.names)
+    assert {f for _, f in violations} <= set(CREDIT_APP.features.names)
     decisions = by_labels(client, "mlguard_decisions_total", "route", "decision")
     assert {d for _, d in decisions} <= {"approve", "decline"}
 

@@ -5,15 +5,14 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import bentoml
 import httpx
 import numpy as np
 
 from monitors import reasons
 from service.config import ModelConfig
-from service.credit import CREDIT_APP, CREDIT_FEATURES
+from apps.credit.app import CREDIT_APP
 from service.micro_batch import MicroBatcher
-from service.model import StoreModel
+from service.model import load_model
 from service.model_call import DeadlineModelCall
 from tests.support.data import credit_rows
 from tests.support.server import ServerProcess
@@ -127,7 +126,7 @@ def test_through_the_deadline_call_concurrent_rows_share_one_model_call() -> Non
 
     outcomes = asyncio.run(scenario())
     call.shutdown()
-    assert [o.probabilities.tolist() for o in outcomes] == [[x / 100] for x in range(10)]
+    assert [o.raw.tolist() for o in outcomes] == [[x / 100] for x in range(10)]
     assert all(o.failure is None for o in outcomes)
     assert calls == [1, 9]  # the first alone (idle worker), the nine that waited behind it together
 
@@ -145,8 +144,8 @@ def test_a_deadline_still_fires_for_a_request_waiting_in_a_batch() -> None:
 
     first, late = asyncio.run(scenario())
     call.shutdown()
-    assert first.failure is None and first.probabilities.tolist() == [0.01]
-    assert late.probabilities is None and late.failure == reasons.MODEL_TIMEOUT
+    assert first.failure is None and first.raw.tolist() == [0.01]
+    assert late.raw is None and late.failure == reasons.MODEL_TIMEOUT
     assert calls == [1]  # the timed-out row was dropped before its batch started
 
 
@@ -176,7 +175,7 @@ def test_large_requests_and_disabled_batching_bypass_the_batcher() -> None:
     calls: list[int] = []
     call = DeadlineModelCall(slow_model(0.0, calls), lambda: batching_on(max_rows=4))
     outcome = asyncio.run(call(rows_of(*range(4)), 2.0, 4))  # not smaller than max_rows
-    assert outcome.probabilities.tolist() == [0.0, 0.01, 0.02, 0.03]
+    assert outcome.raw.tolist() == [0.0, 0.01, 0.02, 0.03]
     assert call.batcher.batches == 0
     off = DeadlineModelCall(slow_model(0.0, calls), lambda: ModelConfig(micro_batching=False))
     asyncio.run(_gather(off, 3, max_concurrency=4))
@@ -188,8 +187,8 @@ def test_large_requests_and_disabled_batching_bypass_the_batcher() -> None:
 def test_concurrent_http_requests_with_micro_batching_match_unbatched_answers(tmp_path) -> None:
     rows = credit_rows()[:48]
     # The unbatched answers: the stored model called on one row at a time, in this process.
-    model = StoreModel(bentoml.models.get(f"{CREDIT_APP.model_name}:latest"), CREDIT_FEATURES)
-    unbatched = [float(model.predict_proba([row])[0]) for row in rows]
+    model = load_model(CREDIT_APP, f"{CREDIT_APP.model_name}:latest").model
+    unbatched = [float(model.predict_rows([row])[0]) for row in rows]
     server = ServerProcess(
         workdir=tmp_path,
         env={

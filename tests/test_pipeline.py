@@ -5,18 +5,17 @@ import asyncio
 import time
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from monitors.reference import ReferenceStats
+from apps.credit.app import CREDIT_APP
 from service.config import parse
-from service.credit import CREDIT_APP, CREDIT_FEATURES
 from service.model_call import DeadlineModelCall
 from service.pipeline import GuardedPipeline
 from service.router import RoutingState
 from tests.support.data import GOOD_ROW, credit_rows
+from tests.support.models import loaded_model
 
-REFERENCE = ReferenceStats.from_frame(pd.DataFrame(credit_rows()), CREDIT_FEATURES)
+ROWS = credit_rows()
 
 
 class BrokenRules:
@@ -26,15 +25,18 @@ class BrokenRules:
         raise ZeroDivisionError("rules bug")
 
 
-def make_pipeline(predict, yaml: str = "", heuristic=CREDIT_APP.heuristic, drift=False):
+def make_pipeline(predict, yaml: str = "", heuristic=None, drift=False, model=True):
     settings = parse(yaml)
+    served = loaded_model(CREDIT_APP, predict, ROWS) if model else None
     return GuardedPipeline(
-        heuristic=heuristic,
-        model_call=DeadlineModelCall(predict),
-        model_version="test:1",
-        reference=REFERENCE,
+        CREDIT_APP,
+        model_call=DeadlineModelCall(served.model.predict_rows if served else predict),
+        served=lambda: served,
         settings=lambda: settings,
-        routing_state=lambda cfg: RoutingState(cfg.routing.mode, drift_active=drift),
+        routing_state=lambda cfg: RoutingState(
+            cfg.routing.mode, drift_active=drift, model_available=served is not None
+        ),
+        heuristic=heuristic,
     )
 
 
@@ -48,12 +50,18 @@ def constant(p: float):
 
 def test_clean_rows_go_to_the_model() -> None:
     (a,) = run(make_pipeline(constant(0.7)), [GOOD_ROW])
-    assert (a.route, a.probability, a.decision, a.reasons, a.cause) == ("model", 0.7, "decline", [], "none")
+    assert (a.route, a.output.score, a.output.decision, a.reasons, a.cause) == (
+        "model", 0.7, "decline", [], "none"
+    )
+    assert a.output.fields == {"probability": 0.7, "decision": "decline"}
+    assert a.model_version == "test:1"
+    answer = a.answer()
+    assert (answer["probability"], answer["decision"], answer["route"]) == (0.7, "decline", "model")
 
 
 def test_threshold_from_config_decides() -> None:
     (a,) = run(make_pipeline(constant(0.7), "decision:\n  threshold: 0.8\n"), [GOOD_ROW])
-    assert a.decision == "approve"
+    assert a.output.fields["decision"] == "approve"
 
 
 def test_forced_fallback_never_calls_the_model() -> None:
@@ -94,7 +102,8 @@ def test_invalid_output_routes_to_the_rules(bad: float) -> None:
 
 def test_wrong_number_of_outputs_is_invalid() -> None:
     answers = run(make_pipeline(lambda rows: np.array([0.1])), [GOOD_ROW, GOOD_ROW])
-    assert all(a.reasons == ["output.invalid:wrong length"] for a in answers)
+    assert all(a.reasons == ["output.invalid:1 answers for 2 rows"] for a in answers)
+    assert all(a.route == "heuristic" for a in answers)
 
 
 def test_slow_model_times_out_within_the_deadline() -> None:
@@ -125,14 +134,47 @@ def test_saturated_model_overloads_instead_of_queueing() -> None:
 
 def test_failing_rules_answer_the_safe_default() -> None:
     (a,) = run(make_pipeline(constant(0.2), "routing:\n  mode: fallback\n", BrokenRules()), [GOOD_ROW])
-    assert (a.route, a.probability, a.decision) == ("default", 1.0, "decline")
+    # The plug-in's own safe default: the "bad" class, answered as probability 1 of default.
+    assert (a.route, a.output.fields["probability"], a.output.fields["decision"]) == (
+        "default", 1.0, "decline"
+    )
     assert a.reasons == ["config.forced", "heuristic.error:ZeroDivisionError"]
-    assert a.cause == "heuristic.error"
+    assert a.cause == "heuristic.error" and a.rules == []
+
+
+def test_configured_safe_default_answer_replaces_the_plug_ins() -> None:
+    yaml = "routing:\n  mode: fallback\nsafe_default:\n  answer: good\n"
+    (a,) = run(make_pipeline(constant(0.2), yaml, BrokenRules()), [GOOD_ROW])
+    assert (a.route, a.output.fields) == ("default", {"probability": 0.0, "decision": "approve"})
+
+
+def test_rules_answering_out_of_range_fall_to_the_safe_default() -> None:
+    class WildRules:
+        name = "wild"
+
+        def score(self, row):
+            from fallbacks.base import HeuristicResult
+
+            return HeuristicResult(probability=1.5, rules=("wild",))
+
+    (a,) = run(make_pipeline(constant(0.2), "routing:\n  mode: fallback\n", WildRules()), [GOOD_ROW])
+    assert a.route == "default" and a.reasons == ["config.forced", "heuristic.error:InvalidOutput"]
+
+
+def test_without_a_model_the_rules_answer_every_row() -> None:
+    def explode(rows):
+        raise AssertionError("model called")
+
+    answers = run(make_pipeline(explode, model=False), [GOOD_ROW, {**GOOD_ROW, "age": 120}])
+    assert [a.route for a in answers] == ["heuristic", "heuristic"]
+    # No reference statistics without a model: the input checks are off, so no input reason.
+    assert [a.reasons for a in answers] == [["model.unavailable"], ["model.unavailable"]]
+    assert all(a.model_version == "unavailable" and a.rules for a in answers)
 
 
 def test_batch_keeps_order_and_one_answer_per_row() -> None:
     rows = credit_rows()[:50]
     answers = run(make_pipeline(lambda rs: np.linspace(0, 1, len(rs))), rows)
     assert len(answers) == 50 and len({a.request_id for a in answers}) == 50
-    model_rows = [a.probability for a in answers if a.route == "model"]
-    assert model_rows == sorted(model_rows)
+    model_rows = [a.output.fields["probability"] for a in answers if a.route == "model"]
+    assert len(model_rows) > 40 and model_rows == sorted(model_rows)

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from service.api_models import PredictionOut
+from tests.support.answers import CreditAnswer
 from tests.conftest import wait_until
 from tests.support.data import GOOD_ROW
 from tests.support.load import credit_calls, run_load
@@ -76,7 +76,7 @@ def test_requests_in_flight_at_sigterm_all_complete(slow_server: ServerProcess) 
     assert len(results) == IN_FLIGHT
     for status, body, done_at in results:
         assert status == 200
-        answer = PredictionOut.model_validate(body)
+        answer = CreditAnswer.model_validate(body)
         assert answer.route == "model"  # the slow model call itself finished, not a fallback
         assert done_at > sigterm_at
     assert slow_server.proc.wait(60) == 0
@@ -108,7 +108,7 @@ def test_sigterm_during_load_loses_no_accepted_request(plain_server: ServerProce
     refused = [r for r in report.results if r.error is not None]
     assert answered and refused  # the signal really landed mid-load
     assert all(r.status == 200 for r in answered)
-    delivered = {PredictionOut.model_validate(r.body).request_id for r in answered}
+    delivered = {CreditAnswer.model_validate(r.body).request_id for r in answered}
     assert plain_server.proc.wait(60) == 0
 
     # Every prediction the service made reached its client: none was processed and then cut off.

@@ -23,7 +23,7 @@ import pandas as pd
 from monitors.guard_card import CARD_KEY, GuardCard
 from monitors.reference import ReferenceStats
 from monitors.tasks import OutputPolicy
-from service.model import adapt, warm_up
+from service.model import ModelRefused, adapt, warm_up
 from service.spec import GuardedApp
 from training.yardstick import yardstick
 
@@ -108,6 +108,23 @@ def build_card(
     return GuardCard(**{**vars(card), "yardstick": report})
 
 
+def _check_booster_class_order(app: GuardedApp, obj: Any, framework: str) -> None:
+    """A LightGBM/XGBoost scikit-learn wrapper is saved as its bare booster, which answers in the
+    wrapper's (sorted) class order and forgets `classes_`: served, a different declared order would
+    be silently inverted (the yardstick, computed on the wrapper, would not show it)."""
+    classes = getattr(app.task, "classes", None)
+    fitted = getattr(obj, "classes_", None)
+    if framework not in ("bentoml.lightgbm", "bentoml.xgboost") or classes is None or fitted is None:
+        return
+    if [str(c) for c in fitted] != list(classes):
+        raise ModelRefused(
+            f"the model's classes are {[str(c) for c in fitted]} in its own order, the plug-in "
+            f"declares {list(classes)}; {framework} saves the bare booster, which answers in the "
+            f"model's order: train the booster itself (e.g. lgb.train) on labels 0..{len(classes) - 1} "
+            f"in the declared order"
+        )
+
+
 def guard_model(
     app: GuardedApp,
     model: Any,
@@ -131,6 +148,7 @@ def guard_model(
         labels = {**stored.info.labels, **labels}
     else:
         obj, framework = model, framework_of(model)
+    _check_booster_class_order(app, obj, framework)
     card = build_card(app, obj, read_rows(train), read_rows(holdout), target, threshold)
     module = importlib.import_module(framework)
     saved = module.save_model(

@@ -1,12 +1,12 @@
 """Rows of the reference data set as the service receives them."""
 from __future__ import annotations
 
-from service.credit import CREDIT_FEATURES
-from training.data import load_credit_data, to_rows
+from apps.credit.app import CREDIT_APP
+from apps.credit.data import load_credit_data, to_rows
 
 
 def credit_rows() -> list[dict]:
-    return to_rows(load_credit_data(), CREDIT_FEATURES.names)
+    return to_rows(load_credit_data(), CREDIT_APP.features.names)
 
 
 GOOD_ROW = {

@@ -14,7 +14,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 BENTOML = str(Path(sys.executable).parent / "bentoml")
-CREDIT_SERVICE = "service.credit_service:CreditRiskService"
+CREDIT_SERVICE = "apps.credit.app:CreditRiskService"
 
 
 def free_port() -> int:

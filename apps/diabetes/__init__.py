@@ -1,0 +1,1 @@
+"""Worked example: diabetes progression (regression), scikit-learn's diabetes data."""
