@@ -48,8 +48,8 @@ class ModelSlot:
             self.problem = problem
             return False
         self.current, self.problem = loaded, None
-        log.info("serving %s (%s, loaded and warmed up in %.2f s)",
-                 loaded.version, loaded.card.task, loaded.seconds)
+        log.info("serving %s (%s, loaded and warmed up in %.2f s); %s",
+                 loaded.version, loaded.card.task, loaded.seconds, _yardstick_line(loaded))
         self.on_loaded(loaded)
         return True
 
@@ -66,3 +66,15 @@ class ModelSlot:
 
     def stop(self) -> None:
         self._retry.stop(timeout_s=1)
+
+
+def _yardstick_line(loaded: LoadedModel) -> str:
+    """The saved yardstick in a few words, for the startup log line."""
+    y = loaded.card.yardstick
+    metric = y.get("metric")
+    if not metric:
+        return "no yardstick saved"
+    return (
+        f"yardstick on {y['rows']} held-out rows: {metric} model {y['model'][metric]:.4g}, "
+        f"rules {y['heuristic'][metric]:.4g}"
+    )

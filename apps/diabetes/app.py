@@ -41,7 +41,7 @@ class Patient(BaseModel):
     s6: Annotated[float, Field(ge=0, le=1000, description="Blood sugar (glu), mg/dl")]
 
 
-# The mean progression of the 442 patients is 152; start there and add points.
+# The mean progression of the 442 patients is 152: start about there and add points.
 BASE = 150.0
 
 
@@ -53,10 +53,11 @@ class DiabetesRules:
       bmi  <= 23.2: 103   23.2-25.7: 124   25.7-29.3: 172   > 29.3: 210
       s5   <= 4.28:  96   4.28-4.62: 129   4.62-5.00: 176   > 5.00: 211
       bp   <= 84:   119   84-93:     134   93-105:    153   > 105:  207
-    Each quartile's points are about 60% of its gap to the mean (152): the three measurements are
-    correlated (a heavy patient tends to have high triglycerides too), so full gaps would count the
-    same signal twice. The answer is the base plus the points; the rules that fired say which band
-    each measurement fell in. MAE on all 442 patients: 47, against 65 for always answering the median.
+    The points of a bmi or s5 quartile are about half its gap to the mean (152), those of a bp
+    tail about a third: the three are correlated (a heavy patient tends to have high triglycerides
+    and blood pressure too), so full gaps would count the same signal two or three times. The
+    answer is the base plus the points; the rules that fired say which band each measurement fell
+    in. MAE on all 442 patients: 47, against 65 for always answering the median.
     """
 
     name = "diabetes_rules"
