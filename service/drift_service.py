@@ -19,7 +19,7 @@ from monitors.periodic import PeriodicThread
 from monitors.tasks import InvalidOutput, OutputPolicy
 from service import config
 from service.config_store import ConfigStore
-from service.model import LoadedModel, ModelRefused, load_model, output_policy
+from service.model import LoadedModel, load_model, output_policy
 from service.spec import GuardedApp
 
 log = logging.getLogger("mlguard.drift")
@@ -41,6 +41,7 @@ def build_drift_service(app: GuardedApp) -> Any:
             self.monitor: Any = None
             self.served: LoadedModel | None = None
             self._tag = model_tag(app, self.config.current)
+            self._said_off = False
             self.config.start()
             # Without a model there is nothing to compare with: retry until one can be loaded,
             # as the workers do (the workers log the fix).
@@ -53,8 +54,11 @@ def build_drift_service(app: GuardedApp) -> Any:
                 return True
             try:
                 served = load_model(app, self._tag)
-            except ModelRefused as exc:
-                log.warning("drift monitoring off until a model loads: %s", exc)
+            except Exception:  # noqa: BLE001 -- refused or broken: never a crash loop of this process
+                # Once, without the reason: the workers log the one line naming the fix.
+                if not self._said_off:
+                    log.warning("drift monitoring off until model %s loads", self._tag)
+                    self._said_off = True
                 return False
             monitor = _monitor(app, served, lambda: self.config.current.drift)
             self.served, self.monitor = served, monitor

@@ -52,7 +52,7 @@ class ModelRefused(RuntimeError):
 
 @dataclass(frozen=True)
 class LoadedModel:
-    version: str  # the store tag, e.g. credit_risk:px7nm4xldkf6sax4
+    version: str  # the store tag, e.g. my_model:px7nm4xldkf6sax4
     model: Model
     card: GuardCard
     seconds: float  # load and warm-up time
@@ -99,7 +99,7 @@ def load_model(app: GuardedApp, tag: str) -> LoadedModel:
 def bentoml_home_models() -> str:
     from bentoml._internal.configuration.containers import BentoMLContainer
 
-    return str(BentoMLContainer.model_store.get()._fs.getsyspath("/"))
+    return str(BentoMLContainer.model_store_dir.get())
 
 
 def check_card(app: GuardedApp, card: GuardCard, version: str) -> None:

@@ -100,8 +100,8 @@ def build_card(
         yardstick={},
         target=target_stats,
     )
-    served = adapt(model, app, card, "the model")  # refuses a model of the wrong kind, naming why
-    warm_up(app, served, card, "the model")
+    served = adapt(model, app, card, "(to be guarded)")  # refuses a model of the wrong kind, naming why
+    warm_up(app, served, card, "(to be guarded)")
     iqr = target_stats.get("iqr", 0.0)
     policy = OutputPolicy(threshold, None, 0.5 * iqr)  # shadow.tolerance's default
     report = yardstick(app, served.predict_rows, holdout_rows, y_holdout, policy)
