@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from monitors import reasons
 
@@ -158,7 +158,7 @@ class GuardedCall:
         else:  # errors, timeouts and invalid outputs all count against the model
             self._breaker.on_failure(self._permit)
 
-    def __enter__(self) -> GuardedCall:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

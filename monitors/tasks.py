@@ -58,7 +58,7 @@ class Binary:
 
     `classes` are the target's values, negative first (e.g. `("good", "bad")`, `("ham", "spam")`):
     the probability is that of `classes[1]`. `decisions` are the words answered for each class
-    (e.g. `("approve", "decline")`); by default the class names. The decision is the positive one
+    (e.g. `("deliver", "quarantine")`); by default the class names. The decision is the positive one
     when the probability reaches `decision.threshold` in the config. `safe_default` is the class
     answered when even the rules fail.
     """

@@ -236,7 +236,7 @@ def warm_up(app: GuardedApp, model: Model, card: GuardCard, version: str) -> Non
     rows = card.sample_rows(WARMUP_ROWS)
     try:
         raw = np.asarray(model.predict_rows(rows), dtype=float)
-    except Exception as exc:  # noqa: BLE001 -- any failure refuses the version, with its cause
+    except Exception as exc:
         raise ModelRefused(
             f"model {version} failed on its own reference rows: {type(exc).__name__}: {exc}"
         ) from exc

@@ -41,7 +41,7 @@ class ModelSlot:
                 log.error("model not served, the rules answer every row: %s", exc)
             self.problem = str(exc)
             return False
-        except Exception as exc:  # noqa: BLE001 -- a broken model file must not stop the worker
+        except Exception as exc:
             problem = f"model {self.tag} failed to load: {type(exc).__name__}: {exc}"
             if problem != self.problem:
                 log.exception("model not served, the rules answer every row")

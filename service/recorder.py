@@ -11,12 +11,12 @@ from typing import Any
 from monitors import reasons
 from monitors.input_checks import Violation
 from monitors.metrics import Metrics
+from monitors.tasks import Task
 from service.config import Settings
 from service.drift_feed import DriftFeed
 from service.logs import PREDICTION_LOGGER
 from service.model_call import ModelOutcome
 from service.pipeline import Recorder
-from monitors.tasks import Task
 from service.prediction import ROUTE_DEFAULT, ROUTE_HEURISTIC, ROUTE_MODEL, Prediction
 
 ROUTES = (ROUTE_MODEL, ROUTE_HEURISTIC, ROUTE_DEFAULT)

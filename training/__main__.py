@@ -44,7 +44,7 @@ def load_model_arg(value: str) -> Any:
         return joblib.load(path)
     except Exception:  # noqa: BLE001 -- not a joblib file: try plain pickle
         with path.open("rb") as f:
-            return pickle.load(f)  # noqa: S301 -- the user's own model file
+            return pickle.load(f)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -160,3 +160,22 @@ def guard_model(
     )
     log.info("saved %s, guarded for %s (%s)", saved.tag, app.name, app.task.kind)
     return saved
+
+
+def guarded_model_exists(app: GuardedApp) -> bool:
+    """The store's latest version of the plug-in's model carries a guard card (one saved by an
+    earlier mlguard, or by plain BentoML, does not): what a training script's --if-missing asks."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        return CARD_KEY in bentoml.models.get(f"{app.model_name}:latest").info.metadata
+    except NotFound:
+        return False
+
+
+def describe(saved: Any) -> str:
+    """The saved tag and its yardstick table, as a training script prints it."""
+    from training.yardstick import table
+
+    return f"saved {saved.tag}\n{table(saved.info.metadata[CARD_KEY]['yardstick'])}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import logging
 import os
 
@@ -20,9 +19,7 @@ from tqdm import tqdm
 from apps.credit.app import CREDIT_APP
 from apps.credit.data import SEED, TARGET, Split, labels, load_credit_data, split_data, to_rows
 from apps.credit.model import build_model
-from monitors.guard_card import CARD_KEY
-from training.guard import guard_model
-from training.yardstick import table
+from training.guard import describe, guard_model, guarded_model_exists
 
 log = logging.getLogger("mlguard.training")
 
@@ -51,24 +48,13 @@ def train(split: Split, progress: bool = True):
     return best[2], {**FIXED, **best[1]}, round(float(best[0]), 4)
 
 
-def guarded_model_exists() -> bool:
-    """The store's latest credit_risk carries a guard card (one saved by an older mlguard does not)."""
-    import bentoml
-    from bentoml.exceptions import NotFound
-
-    try:
-        return CARD_KEY in bentoml.models.get(f"{CREDIT_APP.model_name}:latest").info.metadata
-    except NotFound:
-        return False
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--if-missing", action="store_true", help="skip when the store has it")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("OMP_NUM_THREADS", "2")
-    if args.if_missing and guarded_model_exists():
+    if args.if_missing and guarded_model_exists(CREDIT_APP):
         log.info("model %s already in the store; not training", CREDIT_APP.model_name)
         return
     split = split_data(load_credit_data())
@@ -77,9 +63,7 @@ def main() -> None:
         CREDIT_APP, model, split.train, split.test, TARGET,
         metadata={"params": params, "seed": SEED, "validation_auc": val_auc},
     )
-    report = saved.info.metadata[CARD_KEY]["yardstick"]
-    log.info("saved %s (validation AUC %.4f)\n%s\n%s", saved.tag, val_auc, table(report),
-             json.dumps(report, indent=2))
+    log.info("%s\n(validation AUC %.4f)", describe(saved), val_auc)
 
 
 if __name__ == "__main__":

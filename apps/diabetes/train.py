@@ -11,7 +11,6 @@ of the same columns at serving time. Deterministic: a seeded 75/25 split (331 tr
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 
 import numpy as np
@@ -23,9 +22,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from apps.diabetes.app import DIABETES_APP
-from monitors.guard_card import CARD_KEY
-from training.guard import guard_model
-from training.yardstick import table
+from training.guard import describe, guard_model, guarded_model_exists
 
 log = logging.getLogger("mlguard.training")
 
@@ -52,23 +49,12 @@ def build_model() -> Pipeline:
     return Pipeline([("scale", StandardScaler()), ("regress", RidgeCV(alphas=ALPHAS))])
 
 
-def guarded_model_exists() -> bool:
-    """The store's latest `diabetes` carries a guard card."""
-    import bentoml
-    from bentoml.exceptions import NotFound
-
-    try:
-        return CARD_KEY in bentoml.models.get(f"{DIABETES_APP.model_name}:latest").info.metadata
-    except NotFound:
-        return False
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--if-missing", action="store_true", help="skip when the store has it")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.if_missing and guarded_model_exists():
+    if args.if_missing and guarded_model_exists(DIABETES_APP):
         log.info("model %s already in the store; not training", DIABETES_APP.model_name)
         return
     train, holdout = split(load_data())
@@ -81,8 +67,7 @@ def main() -> None:
             "alpha": float(model.named_steps["regress"].alpha_),
         },
     )
-    report = saved.info.metadata[CARD_KEY]["yardstick"]
-    log.info("saved %s\n%s\n%s", saved.tag, table(report), json.dumps(report, indent=2))
+    log.info("%s", describe(saved))
 
 
 if __name__ == "__main__":

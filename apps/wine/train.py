@@ -11,7 +11,6 @@ columns at serving time. Deterministic: a seeded, stratified 70/30 split (124 tr
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 
 import pandas as pd
@@ -22,9 +21,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from apps.wine.app import WINE_APP
-from monitors.guard_card import CARD_KEY
-from training.guard import guard_model
-from training.yardstick import table
+from training.guard import describe, guard_model, guarded_model_exists
 
 log = logging.getLogger("mlguard.training")
 
@@ -55,23 +52,12 @@ def build_model() -> Pipeline:
     ])
 
 
-def guarded_model_exists() -> bool:
-    """The store's latest `wine` carries a guard card."""
-    import bentoml
-    from bentoml.exceptions import NotFound
-
-    try:
-        return CARD_KEY in bentoml.models.get(f"{WINE_APP.model_name}:latest").info.metadata
-    except NotFound:
-        return False
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--if-missing", action="store_true", help="skip when the store has it")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.if_missing and guarded_model_exists():
+    if args.if_missing and guarded_model_exists(WINE_APP):
         log.info("model %s already in the store; not training", WINE_APP.model_name)
         return
     train, holdout = split(load_data())
@@ -81,8 +67,7 @@ def main() -> None:
         WINE_APP, model, train, holdout, TARGET,
         metadata={"seed": SEED, "holdout_share": HOLDOUT_SHARE, "train_rows": len(train)},
     )
-    report = saved.info.metadata[CARD_KEY]["yardstick"]
-    log.info("saved %s\n%s\n%s", saved.tag, table(report), json.dumps(report, indent=2))
+    log.info("%s", describe(saved))
 
 
 if __name__ == "__main__":

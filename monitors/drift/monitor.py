@@ -23,8 +23,8 @@ from monitors.drift.window import (
     predictions,
 )
 from monitors.features import FeatureSchema
-from monitors.periodic import PeriodicThread
 from monitors.metrics import DriftMetrics
+from monitors.periodic import PeriodicThread
 
 log = logging.getLogger("mlguard.drift")
 
