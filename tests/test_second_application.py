@@ -17,6 +17,7 @@ import pytest
 from tests.apps.train_tumour import load_tumour_data, split, train_if_missing
 from tests.support.metrics import scrape, total
 from tests.support.server import BENTOML, ServerProcess
+from tests.support.wait import wait_until
 
 FEATURES = ["radius", "texture", "smoothness", "concave_points", "worst_area", "worstConcavePoints"]
 DECISIONS = {"discharge", "refer"}
@@ -33,8 +34,14 @@ def tumour(tmp_path_factory, stored_tag: str) -> Iterator[ServerProcess]:
         target="tests.apps.tumour:TumourService",
         workdir=tmp_path_factory.mktemp("tumour"),
         workers=1,
-        # Only a few rows: drift never gets a verdict; alert-only all the same.
-        env={"MLGUARD_MODEL__TAG": stored_tag, "MLGUARD_DRIFT__ACTION": "alert"},
+        # A small window checked often, so a check with data runs within seconds; alert-only, as
+        # the tests replay a few rows (drift by any measure); no breaker (the fault drill fails
+        # every call on purpose).
+        env={
+            "MLGUARD_MODEL__TAG": stored_tag, "MLGUARD_DRIFT__ACTION": "alert",
+            "MLGUARD_DRIFT__WINDOW_SIZE": "50", "MLGUARD_DRIFT__MIN_SAMPLES": "30",
+            "MLGUARD_DRIFT__CHECK_INTERVAL_S": "0.5", "MLGUARD_CIRCUIT__ENABLED": "false",
+        },
     )
     try:
         yield proc.start()
@@ -141,3 +148,45 @@ def test_the_store_shows_a_lightgbm_model_with_its_yardstick(stored_tag: str) ->
     assert "module: bentoml.lightgbm" in out.stdout
     assert "mlguard_app: tumour" in out.stdout
     assert "model_beats_rules" in out.stdout  # the yardstick, saved with the model
+
+
+def test_output_checks_catch_a_bad_output(client: httpx.Client, tumour: ServerProcess, samples) -> None:
+    """Fault drill: the booster's answers are replaced by NaN; the output checks send the row to
+    the rules, and the model answers again when the drill ends."""
+    original = tumour.config_path.read_text()
+    tumour.config_path.write_text(original + "\nfaults:\n  model_invalid_output_ratio: 1.0\n")
+    try:
+        caught: dict = {}
+
+        def rules_answer() -> bool:
+            caught.update(client.post("/predict", json=samples["malignant"]).json())
+            return caught["route"] == "heuristic"
+
+        assert wait_until(rules_answer, timeout_s=20), caught
+        assert caught["reasons"] == ["output.invalid:nan"]
+        assert caught["decision"] in DECISIONS and caught["rules"]
+    finally:
+        tumour.config_path.write_text(original)
+    assert wait_until(
+        lambda: client.post("/predict", json=samples["malignant"]).json()["route"] == "model", 20
+    )
+
+
+def test_drift_check_runs_on_its_features_and_probability(
+    client: httpx.Client, tumour: ServerProcess
+) -> None:
+    _, holdout = split(load_tumour_data())
+    rows = [{f: float(r[f]) for f in FEATURES} for r in holdout.to_dict("records")][:60]
+    # Rows fed before the drift process answers are dropped by the feed: wait until it answers.
+    assert wait_until(lambda: client.get("/monitoring/drift").status_code == 200, 60)
+    assert client.post("/predict_batch", json={"samples": rows}).status_code == 200
+    status: dict = {}
+
+    def checked() -> bool:
+        status.update(client.get("/monitoring/drift").json())
+        return status.get("last_outcome") in ("drift", "no_drift")
+
+    assert wait_until(checked, timeout_s=30), status
+    assert set(status["features"]) == set(FEATURES)  # aliases, as clients send them
+    assert status["prediction"]["method"] == "ks"  # the positive class's probability
+    assert total(scrape(tumour.url), "mlguard_drift_checks_total") > 0
