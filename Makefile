@@ -45,20 +45,26 @@ test: model
 lint: $(STAMP)
 	$(BIN)/ruff check service monitors fallbacks training tests bench scripts
 
-# The Bento (bentofile.yaml), printed as its tag; `bentoml containerize <tag>` makes the image
-# (docs/DEPLOY.md). Requirements come pre-locked: BentoML's lock step needs the index via uv.
+# The plug-in's Bento, printed as its tag; `bentoml containerize <tag>` makes the image
+# (docs/DEPLOY.md). The default app builds from bentofile.yaml (checked to be its bentofile); any
+# other APP from the bentofile scripts/bentofile.py derives from it (service, name, package, model).
+# Requirements come pre-locked: BentoML's lock step needs the index via uv.
 .PHONY: build lock k8s-sync
-build: model
+IS_DEFAULT_APP = $(filter $(DEFAULT_APP),$(APP))
+BENTOFILE = $(if $(IS_DEFAULT_APP),bentofile.yaml,$(BENTOML_HOME)/build/$(subst :,-,$(APP))/bentofile.yaml)
+build: $(if $(IS_DEFAULT_APP),model,$(STAMP))
 	$(BIN)/python scripts/lock_requirements.py --check
-	@set -o pipefail; tag=$$($(BIN)/bentoml build -o tag | sed -n 's/^__tag__://p'); test -n "$$tag" && echo "$$tag"
+	$(BIN)/python scripts/bentofile.py --app $(APP) $(if $(IS_DEFAULT_APP),--check,--out $(BENTOFILE))
+	@set -o pipefail; tag=$$($(BIN)/bentoml build -f $(BENTOFILE) -o tag | sed -n 's/^__tag__://p'); test -n "$$tag" && echo "$$tag"
 
 lock: $(STAMP)
 	$(BIN)/python scripts/lock_requirements.py
 
-# The Kubernetes ConfigMap and PrometheusRule are generated from config/mlguard.yaml and
-# deploy/prometheus/alerts.yml.
+# The Kubernetes ConfigMap (the plug-in's config: config/<app name>.yaml, else config/mlguard.yaml),
+# the kustomization's image (the plug-in's Bento) and the PrometheusRule (deploy/prometheus/alerts.yml)
+# are generated for APP (default: the credit app).
 k8s-sync: $(STAMP)
-	$(BIN)/python scripts/sync_kubernetes.py
+	$(BIN)/python scripts/sync_kubernetes.py --app $(APP)
 
 # Guarded vs bare BentoML on loopback (docs/BENCHMARKS.md). bench: ~10 min, writes bench/results.json,
 # bench/results.png and the table in docs/BENCHMARKS.md; bench-quick: under 3 min, results.json only.

@@ -1,10 +1,13 @@
-"""Generate the Kubernetes manifests that copy another file, so they can't drift from it.
+"""Generate the Kubernetes manifests that copy another file or name the plug-in, so they can't drift.
 
-- deploy/kubernetes/configmap.yaml carries config/mlguard.yaml verbatim (comments included).
+For the plug-in `--app module:Service` (default: the credit app; `make k8s-sync APP=...`):
+- deploy/kubernetes/configmap.yaml carries the plug-in's config verbatim (comments included):
+  config/<app name>.yaml when it exists, else config/mlguard.yaml (service/config.py's choice).
+- deploy/kubernetes/kustomization.yaml maps the Deployment's image placeholder, `mlguard-app`, to
+  the plug-in's Bento image (`<app name>:latest`, as `bentoml containerize` tags it).
 - deploy/kubernetes/monitoring/prometheusrule.yaml carries the groups of deploy/prometheus/alerts.yml.
 
-`make k8s-sync` writes both; `--check` fails if either is stale (tests/test_deploy_files.py checks
-the same by content).
+`--check` fails if any is stale (tests/test_deploy_files.py checks the same by content).
 """
 from __future__ import annotations
 
@@ -15,11 +18,17 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIG = ROOT / "config" / "mlguard.yaml"
+if not __package__:  # run as `python scripts/<name>.py`: import from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts.plugin import DEFAULT_APP, ROOT, Plugin, resolve
+
+CONFIG_DIR = ROOT / "config"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 K8S = ROOT / "deploy" / "kubernetes"
 CONFIGMAP = K8S / "configmap.yaml"
+KUSTOMIZATION = K8S / "kustomization.yaml"
+IMAGE_PLACEHOLDER = "mlguard-app"  # deployment.yaml's image; kustomize's `images:` replaces it
 PROMETHEUSRULE = K8S / "monitoring" / "prometheusrule.yaml"
 NAMESPACE = "mlguard"
 LABELS = {"app.kubernetes.io/name": "mlguard", "app.kubernetes.io/part-of": "mlguard"}
@@ -42,10 +51,15 @@ def _labels(indent: int) -> str:
     return "".join(f"{pad}{key}: {value}\n" for key, value in LABELS.items())
 
 
-def render_configmap(config_text: str) -> str:
+def config_of(plugin: Plugin) -> Path:
+    own = CONFIG_DIR / f"{plugin.name}.yaml"
+    return own if own.exists() else CONFIG_DIR / "mlguard.yaml"
+
+
+def render_configmap(config_text: str, source: str = "config/mlguard.yaml") -> str:
     body = "".join(f"    {line}\n" if line else "\n" for line in config_text.splitlines())
     text = (
-        "# Generated from config/mlguard.yaml by `make k8s-sync`; edit that file, not this one.\n"
+        f"# Generated from {source} by `make k8s-sync`; edit that file, not this one.\n"
         "# Mounted as a directory at /etc/mlguard (never with subPath: a subPath mount is not\n"
         "# updated when the ConfigMap changes). Workers poll it and reload within seconds.\n"
         "apiVersion: v1\n"
@@ -60,8 +74,33 @@ def render_configmap(config_text: str) -> str:
         f"{body}"
     )
     if yaml.safe_load(text)["data"]["mlguard.yaml"] != config_text:
-        raise SystemExit("config/mlguard.yaml does not survive a YAML literal block; simplify it")
+        raise SystemExit(f"{source} does not survive a YAML literal block; simplify it")
     return text
+
+
+def render_kustomization(plugin: Plugin) -> str:
+    """The core manifests, with the Deployment's image placeholder set to the plug-in's Bento."""
+    names = {p.name for p in K8S.glob("*.yaml")} - {KUSTOMIZATION.name, "namespace.yaml"}
+    resources = ["namespace.yaml", *sorted(names)]  # the namespace first, as one would read them
+    listed = "".join(f"  - {name}\n" for name in resources)
+    return (
+        f"# Generated for {plugin.target} by `make k8s-sync APP=...`; edit scripts/sync_kubernetes.py.\n"
+        "# `kubectl apply -k deploy/kubernetes` (docs/DEPLOY.md); the monitoring/ resources need the\n"
+        "# Prometheus Operator's CRDs and are applied separately. Pin the image in an overlay of your\n"
+        "# own (`kustomize edit set image mlguard-app=registry.example.com/<name>:<version>`).\n"
+        "apiVersion: kustomize.config.k8s.io/v1beta1\n"
+        "kind: Kustomization\n"
+        "resources:\n"
+        f"{listed}"
+        "images:\n"
+        f"{_commented(f'  - name: {IMAGE_PLACEHOLDER}', 'the image named in deployment.yaml')}"
+        f"{_commented(f'    newName: {plugin.name}', 'the Bento of ' + plugin.target)}"
+        f"{_commented('    newTag: latest', '`bentoml containerize` tags the image <name>:<version>')}"
+    )
+
+
+def _commented(line: str, comment: str) -> str:
+    return f"{line.ljust(34)}# {comment}\n"
 
 
 def render_prometheusrule(groups: list[dict[str, Any]]) -> str:
@@ -81,20 +120,25 @@ def render_prometheusrule(groups: list[dict[str, Any]]) -> str:
     return text
 
 
-def outputs() -> dict[Path, str]:
+def outputs(plugin: Plugin | None = None) -> dict[Path, str]:
+    """Each generated file and its text for `plugin` (default: the credit app)."""
+    plugin = plugin or resolve(DEFAULT_APP)
+    config = config_of(plugin)
     groups = yaml.safe_load(ALERTS.read_text())["groups"]
     return {
-        CONFIGMAP: render_configmap(CONFIG.read_text()),
+        CONFIGMAP: render_configmap(config.read_text(), str(config.relative_to(ROOT))),
+        KUSTOMIZATION: render_kustomization(plugin),
         PROMETHEUSRULE: render_prometheusrule(groups),
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--app", default=DEFAULT_APP, help=f"module:Service (default {DEFAULT_APP})")
     parser.add_argument("--check", action="store_true", help="fail if a generated file is stale")
     args = parser.parse_args()
     stale = []
-    for path, text in outputs().items():
+    for path, text in outputs(resolve(args.app)).items():
         if args.check:
             if not path.exists() or path.read_text() != text:
                 stale.append(path.relative_to(ROOT))
@@ -103,7 +147,7 @@ def main() -> int:
             path.write_text(text)
             print(f"wrote {path.relative_to(ROOT)}")
     if stale:
-        print(f"stale: {', '.join(map(str, stale))}; run make k8s-sync", file=sys.stderr)
+        print(f"stale: {', '.join(map(str, stale))}; run make k8s-sync APP={args.app}", file=sys.stderr)
         return 1
     return 0
 

@@ -2,6 +2,7 @@
 complete enough for the on-call (a `for:`, a severity, a summary and a description each)."""
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -21,7 +22,10 @@ REQUIRED = {
     "MlguardConfigReloadFailed",
     "MlguardNoTraffic",
     "MlguardFaultDrillActive",
+    "MlguardModelUnavailable",
 }
+# The rules serve every plug-in: no plug-in's domain in their words.
+DOMAIN_WORDS = re.compile(r"approv|declin|credit|loan|lend", re.IGNORECASE)
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
@@ -79,3 +83,16 @@ def test_every_alert_is_unit_tested_firing_and_not_firing() -> None:
     names = {r["alert"] for r in alert_rules()}
     assert names - firing == set(), "alerts never tested firing"
     assert names - quiet == set(), "alerts never tested staying quiet"
+
+
+def test_alerts_name_no_plugin_domain() -> None:
+    for path in (ALERTS, ALERTS_TEST):
+        found = DOMAIN_WORDS.findall(path.read_text())
+        assert not found, f"{path.name} serves every plug-in; found {sorted(set(found))}"
+
+
+def test_model_unavailable_watches_the_model_loaded_gauge_and_pages() -> None:
+    (rule,) = [r for r in alert_rules() if r["alert"] == "MlguardModelUnavailable"]
+    assert "mlguard_model_loaded" in rule["expr"] and "== 0" in rule["expr"]
+    assert rule["for"] == "5m" and rule["labels"]["severity"] == "critical"
+    assert "model.unavailable" in rule["annotations"]["description"]

@@ -1,8 +1,9 @@
 """`make build` makes a Bento; `bentoml serve <tag>` of it answers; its image is fit to ship.
 
-The Bento is built once for this module (about 10 s) into $BENTOML_HOME and deleted afterwards.
-No Docker engine here: the image is tested through the build context and Dockerfile that
-`bentoml containerize` hands to the engine, made by the same BentoML function.
+The default plug-in's Bento (the credit app) and another one's (`make build APP=` the diabetes
+example) are built once for this module (about 10 s each) into $BENTOML_HOME and deleted
+afterwards. No Docker engine here: the image is tested through the build context and Dockerfile
+that `bentoml containerize` hands to the engine, made by the same BentoML function.
 """
 from __future__ import annotations
 
@@ -22,10 +23,13 @@ import yaml
 from service.config import parse
 from tests.support.data import GOOD_ROW
 from tests.support.server import BENTOML, ServerProcess
+from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 HOME = Path(os.environ.get("BENTOML_HOME", str(ROOT / ".bentoml")))
 CONFIG_TEXT = (ROOT / "config" / "mlguard.yaml").read_text()
+OTHER_APP = "apps.diabetes.app:DiabetesService"  # a regression plug-in with a config of its own
+SERVING_DIRS = {"service", "monitors", "fallbacks", "config", "apps", "bentofile.yaml"}
 
 
 @dataclass(frozen=True)
@@ -38,20 +42,46 @@ class Bento:
         return yaml.safe_load((self.path / "bento.yaml").read_text())
 
 
-@pytest.fixture(scope="module")
-def bento() -> Iterator[Bento]:
+def make_build(*args: str) -> Bento:
     # -o: the venv running these tests is the installed one; make must not reinstall it.
     result = subprocess.run(
         ["make", "-s", "--no-print-directory", "-o", ".venv/.installed", "build",
-         f"BENTOML_HOME={HOME}"],
+         f"BENTOML_HOME={HOME}", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     tag = result.stdout.strip().splitlines()[-1]  # last: training may talk first if it trains
     name, version = tag.split(":")
-    yield Bento(tag, HOME / "bentos" / name / version)
-    subprocess.run([BENTOML, "delete", tag, "-y"], env={**os.environ, "BENTOML_HOME": str(HOME)},
+    return Bento(tag, HOME / "bentos" / name / version)
+
+
+def delete(bento: Bento) -> None:
+    subprocess.run([BENTOML, "delete", bento.tag, "-y"], env={**os.environ, "BENTOML_HOME": str(HOME)},
                    capture_output=True, timeout=60, check=False)
+
+
+@pytest.fixture(scope="module")
+def bento() -> Iterator[Bento]:
+    built = make_build()
+    yield built
+    delete(built)
+
+
+@pytest.fixture(scope="module")
+def other_bento() -> Iterator[Bento]:
+    """`make build APP=apps.diabetes.app:DiabetesService`, its model trained first if missing."""
+    subprocess.run(
+        [str(Path(BENTOML).parent / "python"), "-m", "apps.diabetes.train", "--if-missing"],
+        cwd=ROOT, check=True, capture_output=True, timeout=300,
+        env={**os.environ, "BENTOML_HOME": str(HOME)},
+    )
+    built = make_build(f"APP={OTHER_APP}")
+    yield built
+    delete(built)
+
+
+def latest(model: str) -> str:
+    return f"{model}:{(HOME / 'models' / model / 'latest').read_text().strip()}"
 
 
 class BentoServer(ServerProcess):
@@ -88,15 +118,37 @@ def test_make_build_prints_the_tag_of_a_stored_bento(bento: Bento) -> None:
 
 def test_bento_holds_the_serving_code_default_config_and_model_only(bento: Bento) -> None:
     src = bento.path / "src"
-    for module in ("service/credit_service.py", "monitors/metrics.py", "fallbacks/credit_rules.py"):
+    for module in ("apps/credit/app.py", "apps/credit/rules.py", "service/factory.py",
+                   "monitors/metrics.py", "fallbacks/base.py"):
         assert (src / module).is_file(), module
     assert (src / "config" / "mlguard.yaml").read_text() == CONFIG_TEXT
-    assert {p.name for p in src.iterdir()} == {
-        "service", "monitors", "fallbacks", "config", "bentofile.yaml"
-    }, "training, tests, data and the venv stay out"
+    assert {p.name for p in src.iterdir()} == SERVING_DIRS, "training, tests, data and the venv stay out"
+    # Serving never imports training code: neither training/ nor the apps' training scripts.
+    assert not list(src.rglob("train.py")) and not list(src.rglob("train_*.py"))
+    assert not list(src.rglob("*.csv"))
     assert not list(src.rglob("__pycache__")) and not list(src.rglob("*.pyc"))
-    latest = (HOME / "models" / "credit_risk" / "latest").read_text().strip()
-    assert [m["tag"] for m in bento.info["models"]] == [f"credit_risk:{latest}"]
+    assert [m["tag"] for m in bento.info["models"]] == [latest("credit_risk")]
+    assert bento.info["service"] == "apps.credit.app:CreditRiskService"
+
+
+def test_make_build_app_builds_that_plugins_bento(other_bento: Bento) -> None:
+    """Its name, service and model are the plug-in's; its own config is the bundled default."""
+    assert re.fullmatch(r"diabetes:[a-z0-9]+", other_bento.tag), other_bento.tag
+    info = other_bento.info
+    assert info["service"] == OTHER_APP
+    assert [m["tag"] for m in info["models"]] == [latest("diabetes")]
+    src = other_bento.path / "src"
+    assert {p.name for p in src.iterdir()} == SERVING_DIRS
+    assert (src / "apps" / "diabetes" / "app.py").is_file()
+    assert not (src / "apps" / "diabetes" / "train.py").exists()
+    assert (src / "config" / "diabetes.yaml").read_text() == (ROOT / "config" / "diabetes.yaml").read_text()
+    bentofile = yaml.safe_load((src / "bentofile.yaml").read_text())
+    envs = {e["name"]: e["value"] for e in bentofile["envs"]}
+    assert envs["MLGUARD_CONFIG"].endswith("/src/config/diabetes.yaml")
+    # Everything else is the default plug-in's packaging, written once in bentofile.yaml.
+    base = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
+    assert bentofile["python"]["requirements_txt"].endswith(base["python"]["requirements_txt"])
+    assert bentofile["docker"]["python_version"] == base["docker"]["python_version"]
 
 
 def pins(text: str) -> set[str]:
@@ -118,18 +170,23 @@ def test_bento_installs_exactly_the_locked_requirements(bento: Bento) -> None:
 class BentoServers:
     configured: BentoServer  # MLGUARD_CONFIG -> a temp file with routing.mode: fallback
     bare: BareBentoServer  # no MLGUARD_CONFIG: the config bundled in the Bento
+    other: BareBentoServer  # the other plug-in's Bento, bare as well
 
 
 @pytest.fixture(scope="module")
-def served(bento: Bento, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BentoServers]:
+def served(
+    bento: Bento, other_bento: Bento, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BentoServers]:
     forced = CONFIG_TEXT.replace("mode: auto", "mode: fallback")
     assert forced != CONFIG_TEXT
     bare_dir = tmp_path_factory.mktemp("bare-bento")
+    other_dir = tmp_path_factory.mktemp("other-bento")
     servers = BentoServers(
         BentoServer(target=bento.tag, workdir=tmp_path_factory.mktemp("bento"), config_text=forced),
         BareBentoServer(target=bento.tag, workdir=bare_dir, cwd=bare_dir),
+        BareBentoServer(target=other_bento.tag, workdir=other_dir, cwd=other_dir),
     )
-    both = (servers.configured, servers.bare)
+    both = (servers.configured, servers.bare, servers.other)
     try:
         with ThreadPoolExecutor(len(both)) as pool:  # start side by side: half the waiting
             list(pool.map(lambda s: s.start(), both))
@@ -152,6 +209,29 @@ def test_served_bento_runs_on_its_bundled_config_without_the_repository(
 ) -> None:
     body = predict(served.bare)
     assert body["route"] == "model", body  # the bundled config: routing.mode auto
+
+
+PATIENT = {"age": 50, "sex": 1, "bmi": 26.0, "bp": 94.0, "s1": 190.0, "s2": 115.0,
+           "s3": 50.0, "s4": 4.0, "s5": 4.6, "s6": 91.0}
+
+
+def test_another_plugins_bento_serves_its_own_answers_and_config(
+    other_bento: Bento, served: BentoServers
+) -> None:
+    r = httpx.post(f"{served.other.url}/predict", json=PATIENT, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["route"] == "model", body
+    assert body["model_version"] == other_bento.info["models"][0]["tag"]
+    assert isinstance(body["value"], float) and "decision" not in body
+    # Its own config/diabetes.yaml (bundled), not the default: its drift window is the smaller one.
+    own = parse((ROOT / "config" / "diabetes.yaml").read_text())
+    assert own.drift.window_size != parse(CONFIG_TEXT).drift.window_size
+
+    def drift_window() -> int | None:
+        return httpx.get(f"{served.other.url}/monitoring/drift", timeout=30).json().get("window_size")
+
+    assert wait_until(lambda: drift_window() == own.drift.window_size, timeout_s=30), drift_window()
 
 
 # --- the container, through its Dockerfile ------------------------------------------------------
@@ -209,7 +289,7 @@ def test_image_build_context_carries_the_model_and_the_code(
     name, version = bento.info["models"][0]["tag"].split(":")
     model = build_context / "models" / name / version
     assert (model / "model.yaml").is_file() and (model / "saved_model.pkl").is_file()
-    assert (build_context / "src" / "service" / "credit_service.py").is_file()
+    assert (build_context / "src" / "apps" / "credit" / "app.py").is_file()
     assert (build_context / "env" / "docker" / "entrypoint.sh").is_file()
 
 

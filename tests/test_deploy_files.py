@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path, PurePosixPath
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from scripts import sync_kubernetes
+from scripts.plugin import DEFAULT_APP, resolve
 from service.config import parse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,9 +74,17 @@ def test_every_file_the_compose_stack_mounts_exists(service: str) -> None:
     assert not missing, f"{service} mounts files that are not in the repository: {missing}"
 
 
-def test_the_service_reads_its_config_from_a_mounted_directory() -> None:
+def interpolate(value: str, **env: str) -> str:
+    """Compose's `${VAR:-default}` interpolation, with `env` as the shell's environment."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m.group(1), m.group(2)), value)
+
+
+@pytest.mark.parametrize("config_file", [None, "diabetes.yaml"], ids=["default", "plugin's own"])
+def test_the_service_reads_its_config_from_a_mounted_directory(config_file: str | None) -> None:
     env = compose()["services"]["mlguard"]["environment"]
-    config = PurePosixPath(env["MLGUARD_CONFIG"])
+    chosen = {"MLGUARD_CONFIG_FILE": config_file} if config_file else {}
+    config = PurePosixPath(interpolate(env["MLGUARD_CONFIG"], **chosen))
+    assert config.name == (config_file or "mlguard.yaml")
     (host_dir,) = [host for host, target in bind_mounts("mlguard") if target == config.parent]
     assert host_dir.is_dir(), "a directory mount, so an editor's rename-on-save is seen"
     parse((host_dir / config.name).read_text())
@@ -184,13 +194,65 @@ def test_kustomization_lists_every_core_manifest() -> None:
     assert operator == {"servicemonitor.yaml", "prometheusrule.yaml"}
 
 
+def test_kustomization_sets_the_default_plugins_image_on_the_placeholder() -> None:
+    (image,) = yaml.safe_load((K8S / "kustomization.yaml").read_text())["images"]
+    assert container(manifests())["image"] == image["name"] == sync_kubernetes.IMAGE_PLACEHOLDER
+    assert (image["newName"], image["newTag"]) == (resolve(DEFAULT_APP).name, "latest")
+    assert image["newName"] == yaml.safe_load((ROOT / "bentofile.yaml").read_text())["name"]
+
+
+def kustomize(directory: Path) -> dict[str, dict[str, Any]]:
+    """`kubectl kustomize` of a directory, by kind; skipped without kubectl."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (its built-in kustomize renders the manifests)")
+    rendered = subprocess.run(
+        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    return {doc["kind"]: doc for doc in yaml.safe_load_all(rendered.stdout)}
+
+
+def test_kustomize_renders_the_default_plugin() -> None:
+    objects = kustomize(K8S)
+    (c,) = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == "credit_risk:latest"
+    assert objects["ConfigMap"]["data"]["mlguard.yaml"] == (ROOT / "config" / "mlguard.yaml").read_text()
+
+
+def test_k8s_sync_for_another_plugin_deploys_its_image_and_its_config(tmp_path: Path) -> None:
+    """`make k8s-sync APP=apps.diabetes.app:DiabetesService`, written into a copy of the manifests."""
+    plugin = resolve("apps.diabetes.app:DiabetesService")
+    own_config = ROOT / "config" / "diabetes.yaml"
+    assert own_config.exists()
+    copy = tmp_path / "kubernetes"
+    shutil.copytree(K8S, copy)
+    for path, text in sync_kubernetes.outputs(plugin).items():
+        (copy / path.relative_to(K8S)).write_text(text)
+    objects = kustomize(copy)
+    (c,) = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == "diabetes:latest"
+    assert objects["ConfigMap"]["data"]["mlguard.yaml"] == own_config.read_text()
+    assert "Generated from config/diabetes.yaml" in (copy / "configmap.yaml").read_text()
+    # The shared parts are the same for every plug-in.
+    for shared in ("deployment.yaml", "service.yaml", "monitoring/prometheusrule.yaml"):
+        assert (copy / shared).read_text() == (K8S / shared).read_text(), shared
+
+
+def test_a_serve_target_that_is_no_plugin_is_refused_with_the_fix() -> None:
+    with pytest.raises(SystemExit, match="module:Service"):
+        resolve("apps.credit.app")
+    with pytest.raises(SystemExit, match="no BentoML service named Nope"):
+        resolve("apps.credit.app:Nope")
+
+
 def container(objects: dict[str, dict[str, Any]]) -> dict[str, Any]:
     (c,) = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
     return c
 
 
 def test_deployment_probes_resources_grace_and_non_root() -> None:
-    from service.credit_service import CreditRiskService  # the BentoML service config in force
+    from apps.credit.app import CreditRiskService  # the BentoML service config in force
 
     objects = manifests()
     deployment = objects["Deployment"]

@@ -1,13 +1,19 @@
-"""The Grafana dashboard and the alert rules against a real Prometheus scraping the real service.
+"""The Grafana dashboard and the alert rules against a real Prometheus scraping real services.
 
 Every PromQL expression of the dashboard (panels, annotations, variables) and of alerts.yml must
-parse in Prometheus, and the core panels must return data once traffic has flowed.
+parse in Prometheus, and the core panels must return data once traffic has flowed. Prometheus
+scrapes two plug-ins in one job, as two deployments of one dashboard would be: the credit app
+(binary: probability heatmap, decision share) and the diabetes example (regression: the value
+panel). A third service whose model is missing shows the "Model loaded" panel and the
+MlguardModelUnavailable alert on their real metric.
 """
 from __future__ import annotations
 
 import json
 import math
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -35,19 +41,28 @@ CORE_PANELS = {
     "Fallback ratio",
     "Fallback reasons",
     "Model version",
+    "Model loaded",
     "Routing mode",
     "Fault drill",
     "Latency p50 / p95 / p99 by route",
     "Model latency",
-    "Probability distribution",
-    "Approval rate by route",
+    "Probability distribution",  # binary plug-ins
+    "Decision share by route",  # classification plug-ins
+    "Predicted value by route",  # regression plug-ins
     "Input violations by field",
     "Config reloads",
 }
+# A generic dashboard: no plug-in's domain in its words.
+DOMAIN_WORDS = re.compile(r"approv|declin|credit|loan|lend|default rate", re.IGNORECASE)
+REGRESSION_APP = "apps.diabetes.app:DiabetesService"
 
 
 def dashboard() -> dict:
     return json.loads(DASHBOARD.read_text())
+
+
+def panel(title: str) -> dict:
+    return next(p for p in all_panels(dashboard()["panels"]) if p["title"] == title)
 
 
 def all_panels(panels: list[dict]) -> Iterator[dict]:
@@ -110,8 +125,20 @@ def test_dashboard_has_the_issue_panels_and_rows_for_later_work() -> None:
     assert CORE_PANELS <= titles
     rows = [p["title"] for p in d["panels"] if p["type"] == "row"]
     assert "Drift" in rows and "Circuit breaker" in rows
-    heatmap = next(p for p in all_panels(d["panels"]) if p["title"] == "Probability distribution")
+    heatmap = panel("Probability distribution")
     assert heatmap["type"] == "heatmap" and heatmap["targets"][0]["format"] == "heatmap"
+    # The model's state sits with its version in the first row, "Traffic and routing".
+    latency_row = next(p for p in d["panels"] if p["type"] == "row" and p["title"] == "Latency")
+    first_row = {p["title"] for p in d["panels"] if p["gridPos"]["y"] < latency_row["gridPos"]["y"]}
+    assert {"Traffic and routing", "Model version", "Model loaded"} <= first_row
+    assert "mlguard_model_loaded" in panel("Model loaded")["targets"][0]["expr"]
+
+
+def test_dashboard_names_no_plugin_domain() -> None:
+    found = DOMAIN_WORDS.findall(DASHBOARD.read_text())
+    assert not found, f"the dashboard serves every plug-in; found {sorted(set(found))}"
+    share = panel("Decision share by route")["targets"][0]["expr"]
+    assert "decision=" not in share, "every declared decision or class, none singled out"
 
 
 def test_provisioning_points_grafana_at_prometheus_and_the_dashboard_folder() -> None:
@@ -136,24 +163,73 @@ def test_a_missing_binary_skips_but_fails_under_ci(monkeypatch: pytest.MonkeyPat
 # ---- against a real Prometheus ---------------------------------------------------------------
 
 
+def regression_rows(n: int) -> list[dict]:
+    """Patients as clients send them (the diabetes example's own data)."""
+    from apps.diabetes.app import DIABETES_APP
+    from apps.diabetes.train import load_data
+
+    names = DIABETES_APP.inputs.names
+    return [
+        {k: (v.item() if hasattr(v, "item") else v) for k, v in r.items() if k in names}
+        for r in load_data().head(n).to_dict("records")
+    ]
+
+
 @pytest.fixture(scope="module")
-def prometheus(server: ServerProcess, tmp_path_factory) -> Iterator[PrometheusProcess]:
-    with scraping(
-        tmp_path_factory.mktemp("prometheus"), targets=[f"127.0.0.1:{server.port}"], rule_files=[ALERTS]
-    ) as prom:
+def regression_server(tmp_path_factory) -> Iterator[ServerProcess]:
+    """The regression example, trained first if the store lacks it."""
+    subprocess.run(
+        [sys.executable, "-m", "apps.diabetes.train", "--if-missing"],
+        cwd=ROOT, check=True, capture_output=True, timeout=300,
+    )
+    config = yaml.safe_load((ROOT / "config" / "diabetes.yaml").read_text())
+    config["drift"]["action"] = "alert"  # replayed rows are drift by any measure
+    proc = ServerProcess(
+        target=REGRESSION_APP,
+        workdir=tmp_path_factory.mktemp("regression"),
+        config_text=yaml.safe_dump(config),
+    ).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def prometheus(
+    server: ServerProcess, regression_server: ServerProcess, tmp_path_factory
+) -> Iterator[PrometheusProcess]:
+    targets = [f"127.0.0.1:{s.port}" for s in (server, regression_server)]
+    prom = PrometheusProcess(tmp_path_factory.mktemp("prometheus"), targets, rule_files=[ALERTS])
+    prom.start()
+    try:
+        both_up = 'count(up{job="mlguard"} == 1)'
+        assert wait_until(lambda: prom.value(both_up) == 2, timeout_s=30), prom.log_tail()
         yield prom
+    finally:
+        prom.stop()
 
 
 @pytest.fixture(scope="module")
-def traffic(prometheus: PrometheusProcess, server: ServerProcess) -> PrometheusProcess:
-    """Two waves of mixed traffic, each seen by Prometheus, so every rate() has an increase."""
+def traffic(
+    prometheus: PrometheusProcess, server: ServerProcess, regression_server: ServerProcess
+) -> PrometheusProcess:
+    """Two waves of mixed traffic to both plug-ins, each seen by Prometheus, so every rate() has
+    an increase."""
     rows = credit_rows()[:120]
-    with httpx.Client(base_url=server.url, timeout=30) as c:
-        for wave in (rows[:60], rows[60:]):
+    patients = regression_rows(40)
+    with httpx.Client(timeout=30) as c:
+        for wave in (0, 1):
             for row in (GOOD_ROW, {**GOOD_ROW, "age": 140}, {**GOOD_ROW, "home": "houseboat"}):
-                assert c.post("/predict", json=row).status_code == 200
-            assert c.post("/predict_batch", json={"applications": wave}).status_code == 200
-            expected = total(scrape(server.url), "mlguard_requests_total")
+                assert c.post(f"{server.url}/predict", json=row).status_code == 200
+            credit = rows[60 * wave: 60 * (wave + 1)]
+            assert c.post(f"{server.url}/predict_batch", json={"applications": credit}).status_code == 200
+            regression = patients[20 * wave: 20 * (wave + 1)]
+            r = c.post(f"{regression_server.url}/predict_batch", json={"patients": regression})
+            assert r.status_code == 200, r.text
+            # One patient outside the training range: the rules answer it (route heuristic).
+            assert c.post(f"{regression_server.url}/predict", json={**patients[0], "bmi": 60.0}).status_code == 200
+            expected = sum(
+                total(scrape(s.url), "mlguard_requests_total") for s in (server, regression_server)
+            )
             assert wait_until(
                 lambda n=expected: prometheus.value("sum(mlguard_requests_total)") == n,
                 timeout_s=30,
@@ -183,6 +259,31 @@ def test_dashboard_variables_resolve(traffic: PrometheusProcess) -> None:
         assert answer["status"] == "success" and answer["data"], (v["name"], answer)
     routes = traffic.api("label/route/values", **{"match[]": "mlguard_requests_total"})["data"]
     assert {"model", "heuristic"} <= set(routes)
+
+
+def results(prom: PrometheusProcess, title: str, ref: str = "A") -> list[dict]:
+    (target,) = [t for t in panel(title)["targets"] if t["refId"] == ref]
+    answer = prom.query(expand(target["expr"]))
+    assert answer["status"] == "success", answer
+    return answer["data"]["result"]
+
+
+def test_task_panels_show_each_plugin_its_own_shape(traffic: PrometheusProcess) -> None:
+    # Decision share: per route, the declared decisions' shares add up to 1 (the credit app's
+    # approve and decline; the regression app has no decisions).
+    shares: dict[str, float] = {}
+    for r in results(traffic, "Decision share by route"):
+        shares[r["metric"]["route"]] = shares.get(r["metric"]["route"], 0.0) + float(r["value"][1])
+        assert r["metric"]["decision"] in {"approve", "decline"}, r["metric"]
+    assert set(shares) >= {"model", "heuristic"}
+    assert all(math.isclose(s, 1.0, abs_tol=1e-9) for s in shares.values()), shares
+    # Predicted value: the regression app's answers, within its target's range (25 to 346).
+    medians = {r["metric"]["route"]: float(r["value"][1]) for r in results(traffic, "Predicted value by route")}
+    assert {"model", "heuristic"} <= set(medians), medians
+    assert all(25 <= v <= 346 for v in medians.values()), medians
+    # Model loaded: both plug-ins have their model.
+    (loaded,) = results(traffic, "Model loaded")
+    assert float(loaded["value"][1]) == 1.0
 
 
 @pytest.mark.parametrize(("alert", "expr"), alert_exprs(), ids=[a for a, _ in alert_exprs()])
@@ -218,3 +319,34 @@ def test_a_rejected_config_edit_raises_the_reload_alert(
     cfg["routing"]["mode"] = "sideways"
     edit_config(yaml.safe_dump(cfg))
     assert wait_until(lambda: state() in ("pending", "firing"), timeout_s=30)
+
+
+def test_a_worker_without_its_model_shows_in_the_panel_and_raises_the_alert(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A model tag missing from the store: the worker stays up and the rules answer; the panel
+    reads 0 and MlguardModelUnavailable goes pending on the service's real metric."""
+    server = ServerProcess(
+        workdir=tmp_path_factory.mktemp("no-model"),
+        env={"MLGUARD_MODEL__TAG": "credit_risk:notinthestore"},
+    ).start()
+    try:
+        body = httpx.post(f"{server.url}/predict", json=GOOD_ROW, timeout=30).json()
+        assert "model.unavailable" in body["reasons"], body
+        with scraping(
+            tmp_path_factory.mktemp("prometheus-no-model"),
+            targets=[f"127.0.0.1:{server.port}"], rule_files=[ALERTS],
+        ) as prom:
+            (loaded,) = results(prom, "Model loaded")
+            assert float(loaded["value"][1]) == 0.0
+
+            def state() -> str | None:
+                alerts = prom.api("alerts")["data"]["alerts"]
+                return next(
+                    (a["state"] for a in alerts if a["labels"]["alertname"] == "MlguardModelUnavailable"),
+                    None,
+                )
+
+            assert wait_until(lambda: state() in ("pending", "firing"), timeout_s=30)
+    finally:
+        server.stop()
