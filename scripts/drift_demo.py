@@ -14,9 +14,9 @@ import httpx
 import pandas as pd
 from tqdm import tqdm
 
-from service.credit import CREDIT_FEATURES
+from apps.credit.app import CREDIT_APP
+from apps.credit.data import load_credit_data, split_data, to_rows
 from tests.support.server import ROOT, ServerProcess
-from training.data import load_credit_data, split_data, to_rows
 
 SMALL_WINDOW = {
     "window_size: 500": "window_size: 100",
@@ -30,7 +30,7 @@ BATCH = 20
 def phases() -> list[tuple[str, list[dict]]]:
     split = split_data(load_credit_data())
     held_out = pd.concat([split.validation, split.test], ignore_index=True)
-    names = CREDIT_FEATURES.names
+    names = CREDIT_APP.features.names
     shifted = held_out[held_out.job == "partime"]
     return [
         ("normal", to_rows(held_out.iloc[:600], names)),

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 
 from bench.loadgen import RequestCycle, Target, Trial, encode_post, run_alternating, run_trial
 from bench.report import check_targets, paired_ratio, pooled_percentile_ratio, ratios_at
+from bench.servers import BARE_TARGET
 from tests.support.data import GOOD_ROW
 from tests.support.server import ServerProcess
 
@@ -95,3 +97,22 @@ def test_targets_are_judged_on_the_worst_side() -> None:
     assert checks["drift_on_vs_off_throughput"]["met"] is True
     assert checks["guarded_vs_bare_p99"]["met"] is True
     assert checks["guarded_minus_bare_worker_rss_mb"]["met"] is False
+
+
+def test_the_bare_baseline_serves_the_guarded_model(tmp_path) -> None:
+    """The baseline answers the probability the guard's model path computes, on the same version."""
+    from apps.credit.app import CREDIT_APP
+    from monitors.tasks import OutputPolicy
+    from service.model import load_model
+
+    raw = load_model(CREDIT_APP, f"{CREDIT_APP.model_name}:latest").model.predict_rows([GOOD_ROW])
+    (expected,) = CREDIT_APP.task.from_model(raw, OutputPolicy())
+    bare = ServerProcess(target=BARE_TARGET, workdir=tmp_path).start()
+    try:
+        r = httpx.post(f"{bare.url}/predict", json=GOOD_ROW, timeout=30)
+        rejected = httpx.post(f"{bare.url}/predict", json={**GOOD_ROW, "age": "old"}, timeout=30)
+    finally:
+        bare.stop()
+    assert r.status_code == 200, r.text
+    assert r.json() == {"probability": pytest.approx(expected.score, abs=1e-12)}
+    assert rejected.status_code == 400  # the same schema

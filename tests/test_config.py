@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import ConfigError, load, parse
+from service.config import DEFAULT_CONFIG_PATH, ConfigError, config_path, load, parse
 from service.config_store import ConfigStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +66,8 @@ def test_watcher_thread_picks_up_edits_and_stops(tmp_path: Path) -> None:
     path.write_text("reload:\n  interval_s: 0.05\n")
     store = ConfigStore(path)
     store.start()
+    thread = store._loop._thread
+    assert thread is not None and thread.is_alive()
     try:
         path.write_text("reload:\n  interval_s: 0.05\nrouting:\n  mode: fallback\n")
         deadline = time.monotonic() + 3
@@ -74,4 +76,27 @@ def test_watcher_thread_picks_up_edits_and_stops(tmp_path: Path) -> None:
         assert store.current.routing.mode == "fallback"
     finally:
         store.stop()
-    assert store._thread is None
+    assert not thread.is_alive() and store._loop.stopped
+
+
+def test_safe_default_answer_is_checked_against_the_plug_ins_task() -> None:
+    from apps.credit.app import CREDIT_APP
+
+    assert parse("").safe_default.answer is None  # null: the plug-in's own safe default
+    CREDIT_APP.check_settings(parse(""))
+    CREDIT_APP.check_settings(parse("safe_default:\n  answer: good\n"))
+    with pytest.raises(ValueError, match=r"safe_default\.answer: .*one of the classes"):
+        CREDIT_APP.check_settings(parse("safe_default:\n  answer: decline\n"))  # a decision word
+
+
+def test_config_path_env_then_the_plug_ins_own_then_the_defaults(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("MLGUARD_CONFIG", raising=False)
+    assert config_path() == DEFAULT_CONFIG_PATH
+    assert config_path("no_such_plug_in") == DEFAULT_CONFIG_PATH
+    own = sorted(p for p in DEFAULT_CONFIG_PATH.parent.glob("*.yaml") if p != DEFAULT_CONFIG_PATH)
+    for path in own:  # a plug-in with a config/<name>.yaml of its own reads it
+        assert config_path(path.stem) == path
+    monkeypatch.setenv("MLGUARD_CONFIG", str(tmp_path / "x.yaml"))
+    assert config_path("no_such_plug_in") == tmp_path / "x.yaml"

@@ -8,9 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 
-from monitors import reasons
-from service.config import ModelConfig
 from apps.credit.app import CREDIT_APP
+from monitors import reasons
+from monitors.tasks import OutputPolicy
+from service.config import ModelConfig
 from service.micro_batch import MicroBatcher
 from service.model import load_model
 from service.model_call import DeadlineModelCall
@@ -188,7 +189,8 @@ def test_concurrent_http_requests_with_micro_batching_match_unbatched_answers(tm
     rows = credit_rows()[:48]
     # The unbatched answers: the stored model called on one row at a time, in this process.
     model = load_model(CREDIT_APP, f"{CREDIT_APP.model_name}:latest").model
-    unbatched = [float(model.predict_rows([row])[0]) for row in rows]
+    policy = OutputPolicy()
+    unbatched = [CREDIT_APP.task.from_model(model.predict_rows([row]), policy)[0].score for row in rows]
     server = ServerProcess(
         workdir=tmp_path,
         env={

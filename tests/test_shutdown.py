@@ -16,8 +16,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.support.answers import CreditAnswer
 from tests.conftest import wait_until
+from tests.support.answers import CreditAnswer
 from tests.support.data import GOOD_ROW
 from tests.support.load import credit_calls, run_load
 from tests.support.metrics import scrape, total
