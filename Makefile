@@ -43,7 +43,7 @@ test: model
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check service monitors fallbacks training tests bench scripts
+	$(BIN)/ruff check service monitors fallbacks training apps tests bench scripts
 
 # The plug-in's Bento, printed as its tag; `bentoml containerize <tag>` makes the image
 # (docs/DEPLOY.md). The default app builds from bentofile.yaml (checked to be its bentofile); any
