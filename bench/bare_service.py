@@ -2,7 +2,7 @@
 
 `bentoml serve bench.bare_service:BareCreditService` (cwd and PYTHONPATH at the project root).
 It parses the same JSON row with the same pydantic schema, loads the model with its own framework
-loader and builds its input the same way as service/model.py (the plug-in's feature matrix), and
+loader and builds its input the same way as service/scoring/model.py (the plug-in's feature matrix), and
 pins OpenMP to one thread like service/factory.py, so the only difference to the guarded service
 is the guard itself. Workers and model threads come from the environment so
 the benchmark can match the guarded server it is compared with.

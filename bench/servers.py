@@ -20,7 +20,7 @@ import httpx
 import psutil
 import yaml
 
-from service.config import DEFAULT_CONFIG_PATH, Settings
+from service.worker.config import DEFAULT_CONFIG_PATH, Settings
 from tests.support.server import ServerProcess
 
 BARE_TARGET = "bench.bare_service:BareCreditService"
@@ -134,7 +134,7 @@ def stop_all(procs: dict[str, ServerProcess]) -> None:
 def apply_config(server: ServerProcess, text: str, workers: int, timeout_s: float = 30) -> None:
     """Write the config and wait until every worker reports its version (GET /admin/state)."""
     server.config_path.write_text(text)
-    want = hashlib.sha256(text.encode()).hexdigest()[:12]  # as service/config_store.py digests it
+    want = hashlib.sha256(text.encode()).hexdigest()[:12]  # as service/worker/config_store.py digests it
     seen: set[int] = set()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -5,7 +5,7 @@ shape, the output checks, what the rules return, the safe default, shadow agreem
 prediction that the drift monitor tests. The pipeline, the metrics and training only ever ask the
 task; none of them branches on the kind.
 
-What the model returns for a batch of n rows (the `Model` protocol, service/model.py):
+What the model returns for a batch of n rows (the `Model` protocol, service/scoring/model.py):
 - binary: n probabilities of the positive class (or an n x 2 array, classes in declared order);
 - multiclass: an n x k array of probabilities, columns in the declared class order;
 - regression: n values.

@@ -8,7 +8,7 @@ from it, so packaging choices (requirements, image, excludes) are written once:
 - include: the plug-in's top-level package (`apps/`) or module file, beside the serving code;
 - models: the GuardedApp's model_name, packed at its `latest` version;
 - MLGUARD_CONFIG: the bundled `config/<name>.yaml` when the plug-in has one, else config/mlguard.yaml
-  (the same choice service/config.py makes without the variable).
+  (the same choice service/worker/config.py makes without the variable).
 
     python scripts/bentofile.py --app tests.apps.spam:SpamService --out /tmp/spam.bentofile.yaml
 """

@@ -2,7 +2,7 @@
 
 For the plug-in `--app module:Service` (default: the credit app; `make k8s-sync APP=...`):
 - deploy/kubernetes/configmap.yaml carries the plug-in's config verbatim (comments included):
-  config/<app name>.yaml when it exists, else config/mlguard.yaml (service/config.py's choice).
+  config/<app name>.yaml when it exists, else config/mlguard.yaml (service/worker/config.py's choice).
 - deploy/kubernetes/kustomization.yaml maps the Deployment's image placeholder, `mlguard-app`, to
   the plug-in's Bento image (`<app name>:latest`, as `bentoml containerize` tags it).
 - deploy/kubernetes/monitoring/prometheusrule.yaml carries the groups of deploy/prometheus/alerts.yml.

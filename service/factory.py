@@ -10,16 +10,16 @@ from typing import Any
 import bentoml
 from starlette.responses import JSONResponse
 
-from service import config
-from service.admin import admin_app
-from service.api_models import answer_model, batch_answer_model, batch_request_model
-from service.body_limit import BodyLimit
-from service.drift_http import monitoring_app
-from service.drift_service import build_drift_service, drift_client_of
-from service.json_only import JsonOnly
-from service.logs import quiet_client_errors
-from service.runtime import GuardedRuntime
+from service.api.admin import admin_app
+from service.api.api_models import answer_model, batch_answer_model, batch_request_model
+from service.api.body_limit import BodyLimit
+from service.api.json_only import JsonOnly
+from service.api.monitoring import monitoring_app
 from service.spec import GuardedApp
+from service.worker import config
+from service.worker.drift_service import build_drift_service, drift_client_of
+from service.worker.logs import quiet_client_errors
+from service.worker.runtime import GuardedRuntime
 
 log = logging.getLogger("mlguard.service")
 

@@ -129,7 +129,7 @@ def test_fallback_reaches_every_worker_is_logged_and_survives_a_restart(
 
 def test_state_file_is_shared_through_the_watcher_and_bad_edits_are_ignored(tmp_path) -> None:
     """Two stores on one directory stand for two workers (no server needed)."""
-    from service.admin_state import AdminStateStore
+    from service.worker.admin_state import AdminStateStore
 
     writer, reader = AdminStateStore(tmp_path), AdminStateStore(tmp_path)
     assert reader.watched.poll() and reader.current.mode is None  # no file: no override

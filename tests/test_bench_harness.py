@@ -103,7 +103,7 @@ def test_the_bare_baseline_serves_the_guarded_model(tmp_path) -> None:
     """The baseline answers the probability the guard's model path computes, on the same version."""
     from apps.credit.app import CREDIT_APP
     from monitors.tasks import OutputPolicy
-    from service.model import load_model
+    from service.scoring.model import load_model
 
     raw = load_model(CREDIT_APP, f"{CREDIT_APP.model_name}:latest").model.predict_rows([GOOD_ROW])
     (expected,) = CREDIT_APP.task.from_model(raw, OutputPolicy())

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from service.config import parse
+from service.worker.config import parse
 from tests.support.data import GOOD_ROW
 from tests.support.server import BENTOML, ServerProcess
 from tests.support.wait import wait_until
@@ -323,10 +323,10 @@ def test_container_takes_the_config_path_from_the_environment(
     inside = config.relative_to(dockerfile.variables["BENTO_PATH"])
     assert inside == PurePosixPath("src/config/mlguard.yaml")
     parse((bento.path / inside).read_text())
-    # service/config.py's own default resolves to the same file inside the Bento.
+    # service/worker/config.py's own default resolves to the same file inside the Bento.
     probe = subprocess.run(
         [str(Path(BENTOML).parent / "python"), "-c",
-         "import service.config as c; print(c.DEFAULT_CONFIG_PATH)"],
+         "import service.worker.config as c; print(c.DEFAULT_CONFIG_PATH)"],
         cwd=bento.path / "src", capture_output=True, text=True, timeout=60, check=False,
         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
     )

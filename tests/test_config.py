@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from service.config import DEFAULT_CONFIG_PATH, ConfigError, config_path, load, parse
-from service.config_store import ConfigStore
+from service.worker.config import DEFAULT_CONFIG_PATH, ConfigError, config_path, load, parse
+from service.worker.config_store import ConfigStore
 
 ROOT = Path(__file__).resolve().parent.parent
 

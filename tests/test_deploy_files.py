@@ -13,7 +13,7 @@ import yaml
 
 from scripts import sync_kubernetes
 from scripts.plugin import DEFAULT_APP, resolve
-from service.config import parse
+from service.worker.config import parse
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -18,7 +18,7 @@ import pytest
 
 from apps.credit.app import CREDIT_APP
 from apps.credit.data import load_credit_data, split_data, to_rows
-from service.drift_service import NICENESS
+from service.worker.drift_service import NICENESS
 from tests.conftest import wait_until
 from tests.support.prometheus import PrometheusProcess, require_binary, scraping
 from tests.support.server import ROOT, ServerProcess

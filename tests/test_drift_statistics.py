@@ -18,7 +18,7 @@ from monitors.drift.check import DriftCheck
 from monitors.drift.monitor import DriftMonitor
 from monitors.drift.window import WindowRow
 from monitors.metrics import DriftMetrics
-from service.config import DriftConfig
+from service.worker.config import DriftConfig
 
 CREDIT_FEATURES = CREDIT_APP.features
 NAMES = CREDIT_FEATURES.names

@@ -17,9 +17,9 @@ from monitors.drift.monitor import DriftMonitor
 from monitors.drift.policy import DriftPolicy, Hysteresis
 from monitors.drift.window import DriftWindow, WindowRow, agreement_ratio
 from monitors.metrics import DriftMetrics
-from service.config import DriftConfig, Settings
-from service.drift_feed import DriftFeed
-from service.prediction import Prediction
+from service.scoring.prediction import Prediction
+from service.worker.config import DriftConfig, Settings
+from service.worker.drift_feed import DriftFeed
 
 CREDIT_FEATURES = CREDIT_APP.features
 
@@ -244,7 +244,7 @@ def test_feed_with_a_dead_drift_process(on_error: str, active: bool) -> None:
 
 
 def test_config_rejects_a_window_that_can_never_reach_min_samples() -> None:
-    from service.config import ConfigError, parse
+    from service.worker.config import ConfigError, parse
 
     with pytest.raises(ConfigError, match="min_samples"):
         parse("drift:\n  window_size: 100\n  min_samples: 200\n")

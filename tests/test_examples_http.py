@@ -229,7 +229,7 @@ def test_metrics_count_exactly_the_requests_sent(served: Served) -> None:
 def test_drift_check_runs(served: Served) -> None:
     """Enough rows for the (small) window: a drift check with data runs within a few intervals."""
     # The drift process starts beside the worker and may still be starting: rows fed before it
-    # answers are dropped by the feed (service/drift_feed.py), so wait until it answers.
+    # answers are dropped by the feed (service/worker/drift_feed.py), so wait until it answers.
     assert wait_until(lambda: served.client.get("/monitoring/drift").status_code == 200, 60)
     rows = served.rows[:60]  # the window holds 50; a verdict needs 30
     response = served.client.post("/predict_batch", json={served.example.batch_field: rows})

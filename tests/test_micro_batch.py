@@ -11,10 +11,10 @@ import numpy as np
 from apps.credit.app import CREDIT_APP
 from monitors import reasons
 from monitors.tasks import OutputPolicy
-from service.config import ModelConfig
-from service.micro_batch import MicroBatcher
-from service.model import load_model
-from service.model_call import DeadlineModelCall
+from service.scoring.micro_batch import MicroBatcher
+from service.scoring.model import load_model
+from service.scoring.model_call import DeadlineModelCall
+from service.worker.config import ModelConfig
 from tests.support.data import credit_rows
 from tests.support.server import ServerProcess
 

@@ -352,7 +352,7 @@ def test_a_lightgbm_wrapper_in_another_class_order_is_refused_before_saving(stor
     import bentoml
     import lightgbm as lgb
 
-    from service.model import ModelRefused
+    from service.scoring.model import ModelRefused
     from training.guard import guard_model
 
     reversed_app = GuardedApp(

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from apps.credit.app import CREDIT_APP
-from service.config import parse
-from service.model_call import DeadlineModelCall
-from service.pipeline import GuardedPipeline
-from service.router import RoutingState
+from service.scoring.model_call import DeadlineModelCall
+from service.scoring.pipeline import GuardedPipeline
+from service.scoring.router import RoutingState
+from service.worker.config import parse
 from tests.support.data import GOOD_ROW, credit_rows
 from tests.support.models import loaded_model
 

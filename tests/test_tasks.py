@@ -7,7 +7,7 @@ import pytest
 
 from fallbacks.base import HeuristicResult
 from monitors.tasks import Binary, InvalidOutput, Multiclass, Output, OutputPolicy, Regression
-from service.model import output_policy
+from service.scoring.model import output_policy
 from tests.support.models import guard_card
 
 BINARY = Binary(classes=("ham", "spam"), safe_default="spam", decisions=("deliver", "quarantine"))

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.model import ModelRefused
+from service.scoring.model import ModelRefused
 from service.spec import GuardedApp
 from training.yardstick import table
 

@@ -23,7 +23,7 @@ import pandas as pd
 from monitors.guard_card import CARD_KEY, GuardCard
 from monitors.reference import ReferenceStats
 from monitors.tasks import OutputPolicy
-from service.model import ModelRefused, adapt, warm_up
+from service.scoring.model import ModelRefused, adapt, warm_up
 from service.spec import GuardedApp
 from training.yardstick import yardstick
 

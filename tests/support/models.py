@@ -9,7 +9,7 @@ import pandas as pd
 
 from monitors.guard_card import GuardCard
 from monitors.reference import ReferenceStats
-from service.model import LoadedModel
+from service.scoring.model import LoadedModel
 from service.spec import GuardedApp
 
 

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config" / "mlguard.yaml"
 CONFIG_PATH_ENV = "MLGUARD_CONFIG"
 
@@ -66,7 +66,7 @@ class ModelConfig(Section):
     tag: str | None = None  # restart to change
     timeout_ms: float = Field(250.0, gt=0)
     max_concurrency: int = Field(4, ge=1, le=256)
-    # Micro-batching (service/micro_batch.py): concurrent small calls share one model call. On by
+    # Micro-batching (service/scoring/micro_batch.py): concurrent small calls share one model call. On by
     # default: at 16 concurrent requests it cut model CPU per request ~4x; alone, a request never waits.
     micro_batching: bool = True
     micro_batch_max_rows: int = Field(64, ge=2, le=10_000)

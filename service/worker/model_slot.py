@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 
 from monitors.periodic import PeriodicThread
-from service.model import LoadedModel, ModelRefused, load_model
+from service.scoring.model import LoadedModel, ModelRefused, load_model
 from service.spec import GuardedApp
 
 log = logging.getLogger("mlguard.model")

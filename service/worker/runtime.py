@@ -13,20 +13,20 @@ from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
 from monitors.circuit import CircuitBreaker, CircuitMetrics
 from monitors.metrics import Metrics
-from service.admin_state import AdminStateStore, state_dir_path
-from service.config import Settings, config_path
-from service.config_store import ConfigStore
-from service.drift_feed import DriftFeed
-from service.faults import FaultyHeuristic, FaultyModel
-from service.logs import configure_worker_logging
-from service.model import LoadedModel
-from service.model_call import DeadlineModelCall
-from service.model_slot import ModelSlot
-from service.pipeline import GuardedPipeline
-from service.prediction import UNAVAILABLE
-from service.recorder import MetricsRecorder
-from service.router import RoutingState, mode_in_force
+from service.scoring.faults import FaultyHeuristic, FaultyModel
+from service.scoring.model import LoadedModel
+from service.scoring.model_call import DeadlineModelCall
+from service.scoring.pipeline import GuardedPipeline
+from service.scoring.prediction import UNAVAILABLE
+from service.scoring.recorder import MetricsRecorder
+from service.scoring.router import RoutingState, mode_in_force
 from service.spec import GuardedApp
+from service.worker.admin_state import AdminStateStore, state_dir_path
+from service.worker.config import Settings, config_path
+from service.worker.config_store import ConfigStore
+from service.worker.drift_feed import DriftFeed
+from service.worker.logs import configure_worker_logging
+from service.worker.model_slot import ModelSlot
 
 log = logging.getLogger("mlguard.runtime")
 

@@ -3,7 +3,7 @@
 The call runs in a thread so the event loop can give up on it at the deadline. A thread cannot be
 killed, so an abandoned call keeps its concurrency slot until it really ends: when all slots are
 taken, rows go to the rules at once (`model.overloaded`) instead of queueing behind slow calls.
-With model.micro_batching, concurrent small calls share one model call (service/micro_batch.py).
+With model.micro_batching, concurrent small calls share one model call (service/scoring/micro_batch.py).
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from monitors import reasons
-from service.config import ModelConfig
-from service.micro_batch import MicroBatcher
+from service.scoring.micro_batch import MicroBatcher
+from service.worker.config import ModelConfig
 
 MAX_THREADS = 256  # the ceiling of model.max_concurrency
 

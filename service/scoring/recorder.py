@@ -12,12 +12,12 @@ from monitors import reasons
 from monitors.input_checks import Violation
 from monitors.metrics import Metrics
 from monitors.tasks import Task
-from service.config import Settings
-from service.drift_feed import DriftFeed
-from service.logs import PREDICTION_LOGGER
-from service.model_call import ModelOutcome
-from service.pipeline import Recorder
-from service.prediction import ROUTE_DEFAULT, ROUTE_HEURISTIC, ROUTE_MODEL, Prediction
+from service.scoring.model_call import ModelOutcome
+from service.scoring.pipeline import Recorder
+from service.scoring.prediction import ROUTE_DEFAULT, ROUTE_HEURISTIC, ROUTE_MODEL, Prediction
+from service.worker.config import Settings
+from service.worker.drift_feed import DriftFeed
+from service.worker.logs import PREDICTION_LOGGER
 
 ROUTES = (ROUTE_MODEL, ROUTE_HEURISTIC, ROUTE_DEFAULT)
 

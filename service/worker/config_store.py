@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from monitors.periodic import PeriodicThread
-from service.config import ConfigError, Settings, parse
+from service.worker.config import ConfigError, Settings, parse
 
 log = logging.getLogger("mlguard.config")
 

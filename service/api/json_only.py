@@ -7,7 +7,7 @@ Pure ASGI, like body_limit.py.
 """
 from __future__ import annotations
 
-from service.body_limit import ASGIApp, Receive, Scope, Send, json_error
+from service.api.body_limit import ASGIApp, Receive, Scope, Send, json_error
 
 JSON = b"application/json"
 

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from service.config import PROJECT_ROOT
-from service.config_store import WatchedFile
+from service.worker.config import PROJECT_ROOT
+from service.worker.config_store import WatchedFile
 
 log = logging.getLogger("mlguard.admin")
 

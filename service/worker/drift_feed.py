@@ -18,8 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from monitors.periodic import periodic_task
-from service.config import Settings
-from service.prediction import ROUTE_MODEL, Prediction
+from service.scoring.prediction import ROUTE_MODEL, Prediction
+from service.worker.config import Settings
 
 log = logging.getLogger("mlguard.drift")
 

@@ -20,12 +20,18 @@ from monitors import reasons
 from monitors.circuit import CircuitBreaker
 from monitors.input_checks import InputChecker, Violation
 from monitors.tasks import InvalidOutput, Output, OutputPolicy, Task
-from service.config import Settings
-from service.model import LoadedModel, output_policy
-from service.model_call import DeadlineModelCall, ModelOutcome
-from service.prediction import ROUTE_DEFAULT, ROUTE_HEURISTIC, ROUTE_MODEL, UNAVAILABLE, Prediction
-from service.router import RoutingState, reasons_against_model
+from service.scoring.model import LoadedModel, output_policy
+from service.scoring.model_call import DeadlineModelCall, ModelOutcome
+from service.scoring.prediction import (
+    ROUTE_DEFAULT,
+    ROUTE_HEURISTIC,
+    ROUTE_MODEL,
+    UNAVAILABLE,
+    Prediction,
+)
+from service.scoring.router import RoutingState, reasons_against_model
 from service.spec import GuardedApp
+from service.worker.config import Settings
 
 log = logging.getLogger("mlguard.pipeline")
 

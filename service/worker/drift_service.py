@@ -17,10 +17,10 @@ import bentoml
 from monitors.drift.window import WindowRow, features_frame
 from monitors.periodic import PeriodicThread
 from monitors.tasks import InvalidOutput, OutputPolicy
-from service import config
-from service.config_store import ConfigStore
-from service.model import LoadedModel, load_model, output_policy
+from service.scoring.model import LoadedModel, load_model, output_policy
 from service.spec import GuardedApp
+from service.worker import config
+from service.worker.config_store import ConfigStore
 
 log = logging.getLogger("mlguard.drift")
 
@@ -35,7 +35,7 @@ def build_drift_service(app: GuardedApp) -> Any:
     class DriftMonitorService:
         def __init__(self) -> None:
             os.nice(NICENESS)  # first, so that the imports below already run at the lower priority
-            from service.runtime import model_tag
+            from service.worker.runtime import model_tag
 
             self.config = ConfigStore(config.config_path(app.name), validate=app.check_settings)
             self.monitor: Any = None
@@ -117,7 +117,7 @@ def build_drift_service(app: GuardedApp) -> Any:
 
     DriftMonitorService.__name__ = DriftMonitorService.__qualname__ = "DriftMonitorService"
     # The report page can take tens of seconds to render on a busy machine; the workers' flushes
-    # bound their own wait (service/drift_feed.py), so this timeout only concerns the page.
+    # bound their own wait (service/worker/drift_feed.py), so this timeout only concerns the page.
     # Its traffic is internal: no access lines for it (issue: they drowned the service's own).
     return bentoml.service(
         DriftMonitorService, name=f"{app.name}_drift", workers=1, traffic={"timeout": 120},

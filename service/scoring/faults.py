@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from fallbacks.base import HeuristicResult
-from service.config import Settings
+from service.worker.config import Settings
 
 
 class InjectedFault(RuntimeError):
