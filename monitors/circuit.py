@@ -231,6 +231,14 @@ class CircuitBreaker:
                 view["open_for_s"] = round(self.clock() - state.opened_at, 3)
             return view
 
+    def reset(self) -> None:
+        """Closed, with a fresh window: a new model version is judged on its own calls."""
+        with self._lock:
+            if self._state.name == CLOSED:
+                self._state = _Closed(self)  # a fresh window; no transition to report
+            else:
+                self._move_to(_Closed(self))
+
     def _move_to(self, new: _State) -> None:
         # Called with the lock held, by the state objects themselves.
         old, self._state = self._state, new

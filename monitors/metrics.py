@@ -88,6 +88,15 @@ class Metrics:
         self.circuit_transitions = Counter(
             "mlguard_circuit_transitions", "Circuit breaker state changes, by new state", ["to"], registry=r
         )
+        self.model_swaps = Counter(
+            "mlguard_model_swaps",
+            "Model version changes, by outcome: swapped, failed (refused, the old one stays), "
+            "rolled_back", ["outcome"], registry=r,
+        )
+        self.model_load_seconds = Histogram(
+            "mlguard_model_load_seconds", "Time to load, check and warm up one model version",
+            buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0), registry=r,
+        )
         self.model_loaded = Gauge(
             "mlguard_model_loaded", "1 while a model version is loaded, 0 while the rules answer all",
             multiprocess_mode="livemin", registry=r,

@@ -207,7 +207,7 @@ def _prediction(route: str = "model") -> Prediction:
 def test_feed_sends_request_rows_and_model_scores_and_keeps_the_verdict() -> None:
     cfg = _settings()
     live = _LiveDrift(routing=True)
-    feed = DriftFeed(lambda: live, lambda: cfg, lambda: None)
+    feed = DriftFeed(lambda: live, lambda: "m:1", lambda: cfg, lambda: None)
     # Rows go as clients sent them (the drift process derives the features); only a
     # model-routed row carries its score, a rules-routed one None.
     feed.offer([{"a": 1, "extra": 2}, {"a": 3}], [_prediction(), _prediction("heuristic")])
@@ -221,7 +221,7 @@ def test_feed_sends_request_rows_and_model_scores_and_keeps_the_verdict() -> Non
 def test_feed_buffers_no_more_rows_than_the_window_keeps() -> None:
     cfg = _settings(window_size=100, min_samples=50)
     live = _LiveDrift(routing=False)
-    feed = DriftFeed(lambda: live, lambda: cfg, lambda: None)
+    feed = DriftFeed(lambda: live, lambda: "m:1", lambda: cfg, lambda: None)
     p = _prediction()
     for i in range(250):
         feed.offer([{"a": i}], [p])
@@ -234,7 +234,7 @@ def test_feed_with_a_dead_drift_process(on_error: str, active: bool) -> None:
     cfg = _settings(on_error=on_error)
     errors: list[int] = []
     client = SimpleNamespace(current=_LiveDrift(routing=True))
-    feed = DriftFeed(lambda: client.current, lambda: cfg, lambda: errors.append(1))
+    feed = DriftFeed(lambda: client.current, lambda: "m:1", lambda: cfg, lambda: errors.append(1))
     asyncio.run(feed.flush())  # one good contact: the verdict is "route"
     client.current = _DeadDrift()
     asyncio.run(feed.flush())

@@ -21,25 +21,23 @@ class InjectedFault(RuntimeError):
 
 
 class FaultyModel:
-    """Wraps a model's predict with the configured drills."""
+    """Calls a model's predict with the configured drills."""
 
     def __init__(
-        self,
-        predict: Callable[[list[dict[str, Any]]], np.ndarray],
-        settings: Callable[[], Settings],
-        chance: Callable[[], float] = random.random,
+        self, settings: Callable[[], Settings], chance: Callable[[], float] = random.random
     ) -> None:
-        self._predict = predict
         self._settings = settings
         self._chance = chance
 
-    def __call__(self, rows: list[dict[str, Any]]) -> np.ndarray:
+    def __call__(
+        self, predict: Callable[[list[dict[str, Any]]], np.ndarray], rows: list[dict[str, Any]]
+    ) -> np.ndarray:
         f = self._settings().faults
         if f.model_delay_ms and f.model_delay_ratio and self._chance() < f.model_delay_ratio:
             time.sleep(f.model_delay_ms / 1000.0)
         if f.model_error_ratio and self._chance() < f.model_error_ratio:
             raise InjectedFault("fault drill: model error")
-        result = self._predict(rows)
+        result = predict(rows)
         if f.model_invalid_output_ratio and self._chance() < f.model_invalid_output_ratio:
             return np.full_like(np.asarray(result, dtype=float), np.nan)
         return result

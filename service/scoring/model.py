@@ -65,7 +65,9 @@ def guard_command(app: GuardedApp, tag: str) -> str:
     )
 
 
-def load_model(app: GuardedApp, tag: str) -> LoadedModel:
+def load_model(
+    app: GuardedApp, tag: str, warmup_budget_s: float = 30.0, allow_worse_than_rules: bool = False
+) -> LoadedModel:
     """Load, check and warm up one version; ModelRefused with a one-line fix when it cannot serve."""
     import bentoml
     from bentoml.exceptions import NotFound
@@ -90,9 +92,18 @@ def load_model(app: GuardedApp, tag: str) -> LoadedModel:
         )
     card = GuardCard.from_custom_object(card_data)
     check_card(app, card, version)
+    if not allow_worse_than_rules:
+        check_beats_rules(card, version)
     loaded = stored.load_model()  # by the framework module it was saved with
     model = adapt(loaded, app, card, version)
+    warmup_started = time.perf_counter()
     warm_up(app, model, card, version)
+    took = time.perf_counter() - warmup_started
+    if took > warmup_budget_s:
+        raise ModelRefused(
+            f"model {version} took {took:.1f} s to answer its warm-up batch, more than "
+            f"model.warmup_timeout_s ({warmup_budget_s:g} s)"
+        )
     return LoadedModel(version, model, card, time.perf_counter() - started)
 
 
@@ -120,6 +131,18 @@ def check_card(app: GuardedApp, card: GuardCard, version: str) -> None:
         raise ModelRefused(
             f"model {version} was trained on features {card.features.names}, the plug-in declares "
             f"{app.features.names}: re-run `{guard_command(app, version)}`"
+        )
+
+
+def check_beats_rules(card: GuardCard, version: str) -> None:
+    """The promotion gate: a version no better than the rules on its saved yardstick is refused."""
+    y = card.yardstick
+    if y and not y.get("model_beats_rules", False):
+        metric = y.get("metric")
+        raise ModelRefused(
+            f"model {version} does not beat the rules on its yardstick ({metric}: model "
+            f"{y['model'].get(metric)}, rules {y['heuristic'].get(metric)}): serve the rules, or set "
+            f"model.allow_worse_than_rules: true"
         )
 
 

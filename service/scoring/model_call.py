@@ -25,11 +25,30 @@ MAX_THREADS = 256  # the ceiling of model.max_concurrency
 
 
 @dataclass(frozen=True)
+class Scored:
+    """What one model call returned, and the version that computed it (None when unknown).
+
+    Slicing keeps the version, so a micro-batch's result is shared out with it."""
+
+    version: str | None
+    raw: np.ndarray
+
+    def __getitem__(self, rows: slice) -> Scored:
+        return Scored(self.version, self.raw[rows])
+
+
+def as_scored(result: Any) -> Scored:
+    """A predict function may return a Scored or a bare array (tests, the bare benchmark)."""
+    return result if isinstance(result, Scored) else Scored(None, np.asarray(result, dtype=float))
+
+
+@dataclass(frozen=True)
 class ModelOutcome:
     raw: np.ndarray | None  # what the model returned (task-shaped); None when the call failed
     failure: str | None = None  # a reason code
     detail: str | None = None
     seconds: float = 0.0
+    version: str | None = None  # the version that computed `raw`, when the predict function says
 
 
 class ConcurrencyLimit:
@@ -78,9 +97,9 @@ class DeadlineModelCall:
             return ModelOutcome(None, reasons.MODEL_OVERLOADED)
         started = time.perf_counter()
 
-        def run() -> np.ndarray:
+        def run() -> Scored:
             try:
-                return self._predict(rows)
+                return as_scored(self._predict(rows))
             finally:
                 self._limit.release()
 
@@ -97,9 +116,7 @@ class DeadlineModelCall:
             return ModelOutcome(
                 None, reasons.MODEL_ERROR, type(exc).__name__, time.perf_counter() - started
             )
-        return ModelOutcome(
-            np.asarray(result, dtype=float), seconds=time.perf_counter() - started
-        )
+        return ModelOutcome(result.raw, seconds=time.perf_counter() - started, version=result.version)
 
     async def _batched(
         self, rows: list[dict[str, Any]], timeout_s: float, max_concurrency: int, b: ModelConfig
@@ -120,18 +137,16 @@ class DeadlineModelCall:
             return ModelOutcome(
                 None, reasons.MODEL_ERROR, type(exc).__name__, time.perf_counter() - started
             )
-        return ModelOutcome(
-            np.asarray(result, dtype=float), seconds=time.perf_counter() - started
-        )
+        return ModelOutcome(result.raw, seconds=time.perf_counter() - started, version=result.version)
 
-    async def _run_batch(self, rows: list[dict[str, Any]]) -> np.ndarray:
+    async def _run_batch(self, rows: list[dict[str, Any]]) -> Scored:
         """One model call for a whole micro-batch: one concurrency slot, no deadline of its own."""
         if not self._limit.try_acquire(self._batch_concurrency):
             raise Overloaded()
 
-        def run() -> np.ndarray:
+        def run() -> Scored:
             try:
-                return np.asarray(self._predict(rows), dtype=float)
+                return as_scored(self._predict(rows))
             finally:
                 self._limit.release()
 

@@ -66,7 +66,10 @@ class GuardedPipeline:
         recorder: Recorder | None = None,
         circuit: CircuitBreaker | None = None,
         heuristic: Heuristic | None = None,  # default: the app's rules (tests wrap them)
+        observe: Callable[[str | None, bool], None] = lambda version, healthy: None,
     ) -> None:
+        """`observe(version, healthy)` hears how each model call that ran ended (the rollback
+        watch of a freshly swapped version)."""
         self.app = app
         self.task: Task = app.task
         self.heuristic = heuristic or app.heuristic
@@ -77,6 +80,7 @@ class GuardedPipeline:
         self.recorder = recorder or Recorder()
         self.circuit = circuit or CircuitBreaker(lambda: self._settings().circuit)
         self._checker: tuple[tuple, InputChecker] | None = None
+        self._observe = observe
 
     def _checker_for(self, served: LoadedModel, cfg: Settings) -> InputChecker:
         # Rebuilt only when the version or the tolerance changes.
@@ -120,11 +124,12 @@ class GuardedPipeline:
                         cfg.model.max_concurrency,
                     )
                     self.recorder.record_model_call(outcome)
-                    version = served.version if served else UNAVAILABLE
-                    call.report(
-                        outcome.failure,
-                        self._accept(outcome, to_model, answers, row_reasons, policy, version),
-                    )
+                    # The version that computed the answers, which a swap may have just changed.
+                    version = outcome.version or (served.version if served else UNAVAILABLE)
+                    healthy = self._accept(outcome, to_model, answers, row_reasons, policy, version)
+                    call.report(outcome.failure, healthy)
+                    if outcome.failure != reasons.MODEL_OVERLOADED:  # it ran: judge it
+                        self._observe(outcome.version, healthy)
 
         version = served.version if served else UNAVAILABLE
         for i, answer in enumerate(answers):

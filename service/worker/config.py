@@ -63,7 +63,19 @@ class ModelConfig(Section):
     # rules answer every row (model.unavailable) until one is.
     required: bool = False  # restart to change
     # The version served, a BentoML tag (name:version); null: the plug-in's model_name:latest.
-    tag: str | None = None  # restart to change
+    # Reloads: each worker loads and checks the new version in the background, then swaps.
+    tag: str | None = None
+    # The warm-up batch at load (start and swap) must answer within this budget: its own, as at
+    # start the drift process imports Evidently on the same cores.
+    warmup_timeout_s: float = Field(30.0, gt=0.0, le=600.0)
+    # Promotion gate: a version whose saved yardstick does not beat the rules is refused.
+    allow_worse_than_rules: bool = False
+    # Automatic rollback: for this long after a swap, the new version is rolled back when its
+    # circuit opens or, over at least rollback_min_calls calls, this share of them fails
+    # (model.error, output.invalid, model.timeout).
+    rollback_window_s: float = Field(300.0, ge=0.0, le=86_400.0)
+    rollback_failure_ratio: float = Field(0.2, gt=0.0, le=1.0)
+    rollback_min_calls: int = Field(20, ge=1, le=100_000)
     timeout_ms: float = Field(250.0, gt=0)
     max_concurrency: int = Field(4, ge=1, le=256)
     # Micro-batching (service/scoring/micro_batch.py): concurrent small calls share one model call. On by

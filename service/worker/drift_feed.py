@@ -32,10 +32,12 @@ class DriftFeed:
     def __init__(
         self,
         client: Callable[[], Any],  # () -> the drift service's proxy (resolved lazily, in the task)
+        version: Callable[[], str | None],  # () -> the model version this worker serves now
         settings: Callable[[], Settings],
         count_error: Callable[[], None],
     ) -> None:
         self._client = client
+        self._version = version
         self._settings = settings
         self._count_error = count_error
         self._buffer: deque[tuple[dict[str, Any], float | str | None]] = deque()
@@ -79,7 +81,8 @@ class DriftFeed:
         try:
             answer = await asyncio.wait_for(
                 self._client().to_async.ingest(
-                    rows=[row for row, _ in batch], predictions=[p for _, p in batch]
+                    rows=[row for row, _ in batch], predictions=[p for _, p in batch],
+                    version=self._version(),
                 ),
                 CALL_TIMEOUT_S,
             )

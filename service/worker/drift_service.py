@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from monitors.drift.window import WindowRow, features_frame
 from monitors.periodic import PeriodicThread
 from monitors.tasks import InvalidOutput, OutputPolicy
 from service.scoring.model import LoadedModel, load_model, output_policy
+from service.scoring.prediction import UNAVAILABLE
 from service.spec import GuardedApp
 from service.worker import config
 from service.worker.config_store import ConfigStore
@@ -28,44 +30,56 @@ log = logging.getLogger("mlguard.drift")
 # serving leaves, so its start-up (importing Evidently: tens of CPU seconds) and its checks never
 # slow an answer. A check that waits a little under load costs nothing (docs/DRIFT.md).
 NICENESS = 10
-RETRY_S = 30.0  # between load attempts while no model version can be loaded
+RETRY_S = 30.0  # between load attempts of a version that failed to load
+FOLLOW_S = 1.0  # how often the process checks which version the workers serve
 
 
 def build_drift_service(app: GuardedApp) -> Any:
     class DriftMonitorService:
         def __init__(self) -> None:
             os.nice(NICENESS)  # first, so that the imports below already run at the lower priority
+            from monitors.metrics import DriftMetrics
             from service.worker.runtime import model_tag
 
             self.config = ConfigStore(config.config_path(app.name), validate=app.check_settings)
+            self.metrics = DriftMetrics()  # once: a new version's monitor publishes on them too
             self.monitor: Any = None
             self.served: LoadedModel | None = None
             self._tag = model_tag(app, self.config.current)
-            self._said_off = False
+            self._wanted: str | None = None  # the version the workers last said they serve
+            self._failed: tuple[str, float] | None = None  # the version that last failed, when
             self.config.start()
-            # Without a model there is nothing to compare with: retry until one can be loaded,
-            # as the workers do (the workers log the fix).
-            self._loader = PeriodicThread("mlguard-drift-model-load", self._try_load, lambda: RETRY_S)
-            if not self._try_load():
-                self._loader.start()
+            # The drift reference belongs to a version: load the one the workers serve (at first
+            # the configured tag), follow their swaps and rollbacks (the window restarts), and
+            # retry while none can be loaded.
+            self._loader = PeriodicThread("mlguard-drift-model", self._follow, lambda: FOLLOW_S)
+            self._follow()
+            self._loader.start()
 
-        def _try_load(self) -> bool:
-            if self.monitor is not None:
-                return True
+        def _follow(self) -> None:
+            wanted = self._wanted or self._tag
+            served = self.served
+            if served is not None and (self._wanted is None or served.version == wanted):
+                return
+            failed = self._failed
+            if failed and failed[0] == wanted and time.monotonic() - failed[1] < RETRY_S:
+                return
             try:
-                served = load_model(app, self._tag)
+                # The workers decide what is served (gate, budget); this process only follows.
+                loaded = load_model(app, wanted, warmup_budget_s=600.0, allow_worse_than_rules=True)
             except Exception:  # noqa: BLE001 -- refused or broken: never a crash loop of this process
-                # Once, without the reason: the workers log the one line naming the fix.
-                if not self._said_off:
-                    log.warning("drift monitoring off until model %s loads", self._tag)
-                    self._said_off = True
-                return False
-            monitor = _monitor(app, served, lambda: self.config.current.drift)
-            self.served, self.monitor = served, monitor
+                if not failed or failed[0] != wanted:  # once per version: the workers name the fix
+                    log.warning("drift monitoring off until model %s loads", wanted)
+                self._failed = (wanted, time.monotonic())
+                return
+            old, monitor = self.monitor, _monitor(app, loaded, lambda: self.config.current.drift,
+                                                  self.metrics)
+            self.served, self.monitor = loaded, monitor
             monitor.start()
-            self._loader.stop(timeout_s=0)
-            log.info("drift monitor for %s up (pid %d)", served.version, os.getpid())
-            return True
+            if old is not None:
+                old.stop()
+            log.info("drift monitor for %s up (pid %d)%s", loaded.version, os.getpid(),
+                     "" if old is None else "; the window restarts")
 
         def _policy(self) -> OutputPolicy:
             cfg = self.config.current
@@ -76,10 +90,18 @@ def build_drift_service(app: GuardedApp) -> Any:
 
         @bentoml.api
         def ingest(
-            self, rows: list[dict[str, Any]], predictions: list[float | str | None]
+            self,
+            rows: list[dict[str, Any]],
+            predictions: list[float | str | None],
+            version: str | None = None,
         ) -> dict[str, Any]:
-            """Append served rows (as clients sent them) to the window; answer the routing verdict."""
-            if self.monitor is None:
+            """Append served rows (as clients sent them) to the window; answer the routing verdict.
+
+            `version`: the model version the sending worker serves; when it is not the one this
+            window belongs to, the rows are dropped and that version's reference is loaded."""
+            if version and version != UNAVAILABLE:
+                self._wanted = version
+            if self.monitor is None or (self._wanted and self.served.version != self._wanted):
                 return {"routing_to_fallback": False, "policy_state": "off"}
             policy = self._policy()
             self.monitor.ingest(
@@ -125,13 +147,14 @@ def build_drift_service(app: GuardedApp) -> Any:
     )
 
 
-def _monitor(app: GuardedApp, served: LoadedModel, settings: Callable[[], Any]) -> Any:
+def _monitor(
+    app: GuardedApp, served: LoadedModel, settings: Callable[[], Any], metrics: Any
+) -> Any:
     """The drift monitor of one version: its reference rows and its own predictions on them."""
     # Imported here, in the drift process only: the monitor pulls in evidently.
     import pandas as pd
 
     from monitors.drift.monitor import DriftMonitor
-    from monitors.metrics import DriftMetrics
 
     card = served.card
     reference = pd.DataFrame(card.sample, columns=app.features.names)
@@ -141,7 +164,7 @@ def _monitor(app: GuardedApp, served: LoadedModel, settings: Callable[[], Any]) 
               if not isinstance(o, InvalidOutput)]
     reference_predictions = pd.Series(scores, dtype=object if app.task.kind == "multiclass" else float)
     return DriftMonitor(
-        app.features, reference, settings, DriftMetrics(), reference_predictions,
+        app.features, reference, settings, metrics, reference_predictions,
         card.yardstick.get("agreement"),
     )
 

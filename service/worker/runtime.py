@@ -11,11 +11,11 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
-from monitors.circuit import CircuitBreaker, CircuitMetrics
+from monitors.circuit import OPEN, CircuitBreaker, CircuitListener, CircuitMetrics
 from monitors.metrics import Metrics
 from service.scoring.faults import FaultyHeuristic, FaultyModel
 from service.scoring.model import LoadedModel
-from service.scoring.model_call import DeadlineModelCall
+from service.scoring.model_call import DeadlineModelCall, Scored
 from service.scoring.pipeline import GuardedPipeline
 from service.scoring.prediction import UNAVAILABLE
 from service.scoring.recorder import MetricsRecorder
@@ -26,6 +26,7 @@ from service.worker.config import Settings, config_path
 from service.worker.config_store import ConfigStore
 from service.worker.drift_feed import DriftFeed
 from service.worker.logs import configure_worker_logging
+from service.worker.model_memory import ModelMemory
 from service.worker.model_slot import ModelSlot
 
 log = logging.getLogger("mlguard.runtime")
@@ -46,30 +47,40 @@ class GuardedRuntime:
         configure_worker_logging()
         self.app = app
         self.config = ConfigStore(config_file or config_path(app.name), validate=app.check_settings)
-        self.slot = ModelSlot(app, model_tag(app, self.config.current))
+        # One folder of state per plug-in, so two plug-ins served from one checkout never share it.
+        state_dir = state_dir_path(self.config.current.admin.state_dir) / app.name
         self._published_version: str | None = None
+        self.memory = ModelMemory(state_dir)
+        self.slot = ModelSlot(
+            app, model_tag(app, self.config.current), lambda: self.settings().model, self.memory
+        )
         self.slot.load()  # before the metrics: a regression plug-in's buckets come from the card
         self.metrics = Metrics(registry, value_buckets(self.slot.current))
         for outcome in ("success", "failure"):  # at 0 from the start, so increase() sees the first
             self.metrics.config_reloads.labels(outcome)
         self.config.on_reload_outcome(lambda outcome: self.metrics.config_reloads.labels(outcome).inc())
         self.config.subscribe(lambda old, new: self._publish_state(new))
-        # The operator's override lives in a file every worker polls with the config; one folder
-        # per plug-in, so two plug-ins served from one checkout never share an override.
+        self.config.subscribe(lambda old, new: self.slot.request(model_tag(app, new)))
+        # The operator's override and the model memory live in files every worker polls with the
+        # config.
         self.admin = AdminStateStore(
-            state_dir_path(self.config.current.admin.state_dir) / app.name,
-            on_change=lambda state: self._publish_state(self.settings()),
+            state_dir, on_change=lambda state: self._publish_state(self.settings())
         )
         self.config.watch(self.admin.watched)
+        self.config.watch(self.memory.watched)
         self.circuit = CircuitBreaker(
             lambda: self.settings().circuit,
-            listeners=[CircuitMetrics(self.metrics.circuit_state, self.metrics.circuit_transitions)],
+            listeners=[
+                CircuitMetrics(self.metrics.circuit_state, self.metrics.circuit_transitions),
+                _OnOpen(self.slot.circuit_opened),
+            ],
         )
-        self.model_call = DeadlineModelCall(
-            FaultyModel(self._predict, self.settings), lambda: self.settings().model
-        )
+        self._drill = FaultyModel(self.settings)
+        self.model_call = DeadlineModelCall(self._predict, lambda: self.settings().model)
         self.drift = (
-            DriftFeed(drift_client, self.settings,
+            DriftFeed(drift_client,
+                      lambda: self.slot.current.version if self.slot.current else None,
+                      self.settings,
                       lambda: self.metrics.drift_checks.labels("error").inc())
             if drift_client is not None else None
         )
@@ -82,16 +93,28 @@ class GuardedRuntime:
             recorder=MetricsRecorder(self.metrics, app.task, self.settings, self.drift),
             circuit=self.circuit,
             heuristic=FaultyHeuristic(app.heuristic, self.settings),
+            observe=self.slot.observe,
         )
         self._publish_model(self.slot.current)
-        self.slot.on_loaded = self._publish_model  # a version loaded later, by the retry loop
+        if self.slot.current is not None:
+            self.metrics.model_load_seconds.observe(self.slot.current.seconds)
+        for outcome in SWAP_OUTCOMES:  # at 0 from the start, so increase() sees the first
+            self.metrics.model_swaps.labels(outcome)
+        self.slot.on_loaded = self._on_version  # a version loaded later: retry, swap, rollback
+        self.slot.on_swap = lambda outcome: self.metrics.model_swaps.labels(outcome).inc()
+        self.slot.on_load_seconds = self.metrics.model_load_seconds.observe
         self._publish_state(self.config.current)
 
-    def _predict(self, rows: list[dict[str, Any]]) -> Any:
+    def _predict(self, rows: list[dict[str, Any]]) -> Scored:
+        """Runs in a model thread: the version in the slot now computes, and says so."""
         served = self.slot.current
-        if served is None:  # the router sends no row without a model; a swap may race it
+        if served is None:  # the router sends no row without a model
             raise RuntimeError("no model version loaded")
-        return served.model.predict_rows(rows)
+        return Scored(served.version, self._drill(served.model.predict_rows, rows))
+
+    def _on_version(self, loaded: LoadedModel) -> None:
+        self.circuit.reset()  # a new version is judged on its own calls
+        self._publish_model(loaded)
 
     def _publish_model(self, loaded: LoadedModel | None) -> None:
         version = loaded.version if loaded else UNAVAILABLE
@@ -137,7 +160,10 @@ class GuardedRuntime:
                 "tag": self.slot.tag,
                 "version": served.version if served else UNAVAILABLE,
                 "loaded": served is not None,
+                "previous": self.slot.previous.version if self.slot.previous else None,
                 "problem": self.slot.problem,
+                "rolled_back": self.slot.rolled_back,
+                "not_loaded_again": self.memory.current.bad,  # until model.tag changes
                 "yardstick": served.card.yardstick if served else None,
                 # Without a model there are no reference statistics to check inputs against.
                 "input_checks": "on" if served else "off: no model version loaded",
@@ -168,6 +194,20 @@ class GuardedRuntime:
         if self.drift is not None:
             self.drift.stop()
         self.model_call.shutdown()
+
+
+SWAP_OUTCOMES = ("swapped", "failed", "rolled_back")
+
+
+class _OnOpen(CircuitListener):
+    """Tells the model slot when the circuit opens (a rollback signal after a swap)."""
+
+    def __init__(self, opened: Callable[[], None]) -> None:
+        self._opened = opened
+
+    def state_change(self, old: str, new: str) -> None:
+        if new == OPEN:
+            self._opened()
 
 
 def value_buckets(loaded: LoadedModel | None) -> tuple[float, ...]:

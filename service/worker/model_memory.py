@@ -1,0 +1,87 @@
+"""What every worker must remember about model versions, across workers and restarts.
+
+One small JSON file, `admin.state_dir/<app>/model.json`, written atomically and polled by every
+worker with the config (like the admin override):
+- `tag`: the `model.tag` these memories belong to; when the config names another tag they reset,
+  so a rejected or rolled-back version is not tried again *until model.tag changes*;
+- `bad`: versions rolled back or rejected, with why: never loaded again under that tag;
+- `last_good`: the version that served before the latest swap, loaded after a restart when the
+  tag's own version is bad.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from service.worker.config_store import WatchedFile
+
+log = logging.getLogger("mlguard.model")
+
+MODEL_FILE = "model.json"
+
+
+@dataclass(frozen=True)
+class Memory:
+    tag: str | None = None
+    bad: dict[str, str] = field(default_factory=dict)  # version -> why
+    last_good: str | None = None
+
+
+class ModelMemory:
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / MODEL_FILE
+        self._lock = threading.Lock()
+        self.current = self._read()
+        self.listeners: list = []  # called with the new Memory when another worker changed it
+        self.watched = WatchedFile(self.path, self._on_file)
+
+    def _read(self) -> Memory:
+        try:
+            data = json.loads(self.path.read_text())
+            return Memory(data.get("tag"), dict(data.get("bad") or {}), data.get("last_good"))
+        except FileNotFoundError:
+            return Memory()
+        except (ValueError, TypeError, AttributeError) as exc:  # a hand edit gone wrong
+            log.error("model state file %s invalid, ignoring it: %s", self.path, exc)
+            return Memory()
+
+    def _on_file(self, text: str | None) -> None:
+        new = self._read()
+        with self._lock:
+            if new == self.current:
+                return
+            self.current = new
+        for listener in self.listeners:
+            listener(new)
+
+    def _update(self, **changes: object) -> Memory:
+        with self._lock:
+            new = Memory(**{**asdict(self.current), **changes})
+            if new != self.current:
+                self._write(new)
+                self.current = new
+            return new
+
+    def _write(self, memory: Memory) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".model-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(memory), f)
+        os.replace(tmp, self.path)  # readers see the old file or the new one, never half of one
+
+    def for_tag(self, tag: str) -> Memory:
+        """The memories of this tag: reset when the file still speaks of another one."""
+        if self.current.tag != tag:
+            return self._update(tag=tag, bad={}, last_good=self.current.last_good)
+        return self.current
+
+    def mark_bad(self, version: str, why: str) -> Memory:
+        return self._update(bad={**self.current.bad, version: why})
+
+    def set_last_good(self, version: str) -> Memory:
+        return self._update(last_good=version)
