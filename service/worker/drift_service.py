@@ -39,7 +39,10 @@ def build_drift_service(app: GuardedApp) -> Any:
         def __init__(self) -> None:
             os.nice(NICENESS)  # first, so that the imports below already run at the lower priority
             from monitors.metrics import DriftMetrics
+            from service.worker.logs import configure_worker_logging
             from service.worker.runtime import model_tag
+
+            configure_worker_logging()  # BentoML sets the root to WARNING: mlguard's INFO lines too
 
             self.config = ConfigStore(config.config_path(app.name), validate=app.check_settings)
             self.metrics = DriftMetrics()  # once: a new version's monitor publishes on them too
