@@ -23,6 +23,8 @@ REQUIRED = {
     "MlguardNoTraffic",
     "MlguardFaultDrillActive",
     "MlguardModelUnavailable",
+    "MlguardModelSwapFailed",
+    "MlguardModelRolledBack",
 }
 # The rules serve every plug-in: no plug-in's domain in their words.
 DOMAIN_WORDS = re.compile(r"approv|declin|credit|loan|lend", re.IGNORECASE)
@@ -96,3 +98,15 @@ def test_model_unavailable_watches_the_model_loaded_gauge_and_pages() -> None:
     assert "mlguard_model_loaded" in rule["expr"] and "== 0" in rule["expr"]
     assert rule["for"] == "5m" and rule["labels"]["severity"] == "critical"
     assert "model.unavailable" in rule["annotations"]["description"]
+
+
+def test_swap_alerts_watch_their_own_outcome_of_the_swap_counter() -> None:
+    rules = {r["alert"]: r for r in alert_rules()}
+    for name, outcome in (("MlguardModelSwapFailed", "failed"), ("MlguardModelRolledBack", "rolled_back")):
+        expr = rules[name]["expr"]
+        assert "increase(mlguard_model_swaps_total" in expr, name
+        assert f'outcome="{outcome}"' in expr and expr.count("outcome=") == 1, name
+        assert "by (job)" in expr, name  # one alert per deployment, not per worker
+    # Each names the log line and the admin field that say what happened to which version.
+    assert "model swap to <tag> failed" in rules["MlguardModelSwapFailed"]["annotations"]["description"]
+    assert "rolled back to" in rules["MlguardModelRolledBack"]["annotations"]["description"]

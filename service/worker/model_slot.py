@@ -98,6 +98,8 @@ class ModelSlot:
             self._refused(f"model {self.tag} failed to load: {type(exc).__name__}: {exc}")
             return False
         self._put(loaded)
+        # What a restart falls back to if a later tag cannot be served.
+        self.memory.set_last_good(loaded.version)
         return True
 
     def _last_good(self, refused: ModelRefused) -> LoadedModel | None:
