@@ -75,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     from monitors.guard_card import CARD_KEY
 
     print(table(saved.info.metadata[CARD_KEY]["yardstick"]))
-    print(f"\nsaved {saved.tag}: serve it with `make serve APP=<module>:<Service>`")
+    if saved.info.metadata[CARD_KEY]["yardstick"]["model_beats_rules"]:
+        print(f"\nsaved {saved.tag}: serve it with `make serve APP=<module>:<Service>`")
+    else:
+        print(f"\nsaved {saved.tag}, but it does not beat the rules: the promotion gate will not "
+              "serve it (the rules will answer) unless the plug-in's config sets "
+              "model.allow_worse_than_rules: true")
     return 0
 
 
