@@ -5,12 +5,15 @@ parse in Prometheus, and the core panels must return data once traffic has flowe
 scrapes two plug-ins in one job, as two deployments of one dashboard would be: the credit app
 (binary: probability heatmap, decision share) and the diabetes example (regression: the value
 panel). A third service whose model is missing shows the "Model loaded" panel and the
-MlguardModelUnavailable alert on their real metric.
+MlguardModelUnavailable alert on their real metric. A fourth swaps to another version of the
+credit model beside the session server: the "Model versions" row shows the two versions and the
+swaps by outcome, and a refused tag raises MlguardModelSwapFailed.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -51,6 +54,11 @@ CORE_PANELS = {
     "Predicted value by route",  # regression plug-ins
     "Input violations by field",
     "Config reloads",
+    "Instances serving each model version",
+    "Model version by instance",
+    "Model loaded by instance",
+    "Model swaps by outcome",  # its counters exist at 0 from the start
+    "Model load time",
 }
 # A generic dashboard: no plug-in's domain in its words.
 DOMAIN_WORDS = re.compile(r"approv|declin|credit|loan|lend|default rate", re.IGNORECASE)
@@ -124,7 +132,7 @@ def test_dashboard_has_the_issue_panels_and_rows_for_later_work() -> None:
     titles = {p["title"] for p in all_panels(d["panels"])}
     assert CORE_PANELS <= titles
     rows = [p["title"] for p in d["panels"] if p["type"] == "row"]
-    assert "Drift" in rows and "Circuit breaker" in rows
+    assert "Drift" in rows and "Circuit breaker" in rows and "Model versions" in rows
     heatmap = panel("Probability distribution")
     assert heatmap["type"] == "heatmap" and heatmap["targets"][0]["format"] == "heatmap"
     # The model's state sits with its version in the first row, "Traffic and routing".
@@ -350,3 +358,93 @@ def test_a_worker_without_its_model_shows_in_the_panel_and_raises_the_alert(
             assert wait_until(lambda: state() in ("pending", "firing"), timeout_s=30)
     finally:
         server.stop()
+
+
+# ---- model versions: a rollout on real servers -----------------------------------------------
+
+
+def instance(proc: ServerProcess) -> str:
+    return f"127.0.0.1:{proc.port}"
+
+
+@pytest.fixture(scope="module")
+def second_version() -> Iterator[str]:
+    """Another version of the credit model, saved under a name of its own with the credit guard
+    card (other tests serve credit_risk:latest); deleted afterwards."""
+    code = (
+        "from apps.credit.app import CREDIT_APP\n"
+        "from apps.credit.data import load_credit_data, split_data\n"
+        "from training.guard import guard_model\n"
+        "s = split_data(load_credit_data())\n"
+        "m = guard_model(CREDIT_APP, 'credit_risk:latest', s.train, s.validation, 'status',\n"
+        f"                name='credit_risk_dashboard_{os.getpid()}')\n"
+        "print('TAG', m.tag)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True
+    )
+    tag = next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("TAG "))
+    yield tag
+    subprocess.run([str(Path(sys.executable).parent / "bentoml"), "models", "delete", "-y", tag],
+                   cwd=ROOT, capture_output=True, timeout=60, check=False)
+
+
+def set_model_tag(proc: ServerProcess, tag: str) -> None:
+    cfg = yaml.safe_load(proc.config_path.read_text())
+    cfg.setdefault("model", {})["tag"] = tag
+    staged = proc.config_path.with_suffix(".staged")
+    staged.write_text(yaml.safe_dump(cfg))
+    os.replace(staged, proc.config_path)  # a worker never reads half a file
+
+
+def test_a_rollout_shows_two_versions_and_each_swap_outcome(
+    server: ServerProcess, second_version: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two instances of one job, as two replicas: one swaps to another version, then is given a tag
+    that is not in the store. The panels of the "Model versions" row show it on real metrics."""
+    served = httpx.get(f"{server.url}/admin/state", timeout=10).json()["model"]["version"]
+    assert served != second_version
+    rollout = ServerProcess(workdir=tmp_path_factory.mktemp("rollout")).start()
+    prom = PrometheusProcess(
+        tmp_path_factory.mktemp("prometheus-rollout"), [instance(server), instance(rollout)], rule_files=[ALERTS]
+    ).start()
+    try:
+        assert wait_until(lambda: prom.value('count(up{job="mlguard"} == 1)') == 2, timeout_s=30), prom.log_tail()
+        swaps_seen = f'count(mlguard_model_swaps_total{{instance="{instance(rollout)}"}})'
+        assert wait_until(lambda: prom.value(swaps_seen) == 3, timeout_s=30)  # 0 for each outcome
+
+        def versions() -> dict[str, float]:
+            return {r["metric"]["model_version"]: float(r["value"][1])
+                    for r in results(prom, "Instances serving each model version")}
+
+        assert versions() == {served: 2.0}  # both replicas on one version
+
+        set_model_tag(rollout, second_version)
+        assert wait_until(lambda: versions() == {served: 1.0, second_version: 1.0}, timeout_s=30), versions()
+        by_instance = {(r["metric"]["instance"], r["metric"]["model_version"])
+                       for r in results(prom, "Model version by instance")}
+        assert by_instance == {(instance(server), served), (instance(rollout), second_version)}
+
+        def swaps() -> dict[str, float]:
+            return {r["metric"]["outcome"]: float(r["value"][1]) for r in results(prom, "Model swaps by outcome")}
+
+        assert wait_until(lambda: swaps().get("swapped", 0) > 0, timeout_s=30), swaps()
+        assert set(swaps()) == {"swapped", "failed", "rolled_back"}
+        loaded = {r["metric"]["instance"]: float(r["value"][1]) for r in results(prom, "Model loaded by instance")}
+        assert loaded == {instance(server): 1.0, instance(rollout): 1.0}
+        load_s = {r["metric"]["instance"]: float(r["value"][1]) for r in results(prom, "Model load time")}
+        assert load_s[instance(rollout)] > 0 and math.isfinite(load_s[instance(rollout)]), load_s
+
+        # A tag the store lacks: refused, the version served stays, the alert goes pending.
+        set_model_tag(rollout, "credit_risk:notinthestore")
+        assert wait_until(lambda: swaps().get("failed", 0) > 0, timeout_s=30), swaps()
+
+        def state() -> str | None:
+            alerts = prom.api("alerts")["data"]["alerts"]
+            return next((a["state"] for a in alerts if a["labels"]["alertname"] == "MlguardModelSwapFailed"), None)
+
+        assert wait_until(lambda: state() in ("pending", "firing"), timeout_s=30)
+        assert versions() == {served: 1.0, second_version: 1.0}
+    finally:
+        prom.stop()
+        rollout.stop()
