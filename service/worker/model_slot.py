@@ -67,6 +67,7 @@ class ModelSlot:
         self.on_load_seconds: Callable[[float], None] = lambda seconds: None
         self._lock = threading.Lock()  # one swap or rollback at a time
         self._watch: _Watch | None = None
+        self._swap_failed = False  # the last swap to `tag` was refused
         self._retry_s = RETRY_FIRST_S
         self._retry = PeriodicThread("mlguard-model-load", self._retry_tick, lambda: self._retry_s)
         memory.listeners.append(self._on_memory)
@@ -138,9 +139,12 @@ class ModelSlot:
 
     # -- swapping --------------------------------------------------------------------------------
 
-    def request(self, tag: str) -> None:
-        """`model.tag` changed: load, check and swap in the background; requests never wait."""
-        if tag == self.tag:
+    def request(self, tag: str, settings_changed: bool = False) -> None:
+        """`model.tag` changed: load, check and swap in the background; requests never wait.
+
+        The same tag is tried again when the model settings changed since its swap failed (e.g.
+        `allow_worse_than_rules` set after the gate refused it, as the refusal says to)."""
+        if tag == self.tag and not (settings_changed and self._swap_failed):
             return
         self.tag = tag
         self.memory.for_tag(tag)  # a new tag: what was remembered of the old one is forgotten
@@ -154,11 +158,12 @@ class ModelSlot:
             try:
                 loaded = self._load(tag)
             except Exception as exc:  # noqa: BLE001 -- refused or broken: the old version stays
-                self.problem = str(exc)
+                self.problem, self._swap_failed = str(exc), True
                 log.error("model swap to %s failed, still serving %s: %s", tag,
                           self.current.version if self.current else "the rules", exc)
                 self.on_swap("failed")
                 return
+            self._swap_failed = False
             old = self.current
             if old is not None and old.version == loaded.version:
                 return

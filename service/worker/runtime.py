@@ -60,7 +60,9 @@ class GuardedRuntime:
             self.metrics.config_reloads.labels(outcome)
         self.config.on_reload_outcome(lambda outcome: self.metrics.config_reloads.labels(outcome).inc())
         self.config.subscribe(lambda old, new: self._publish_state(new))
-        self.config.subscribe(lambda old, new: self.slot.request(model_tag(app, new)))
+        self.config.subscribe(
+            lambda old, new: self.slot.request(model_tag(app, new), old.model != new.model)
+        )
         # The operator's override and the model memory live in files every worker polls with the
         # config.
         self.admin = AdminStateStore(
