@@ -188,11 +188,13 @@ class _LiveDrift:
         self.routing = routing
         self.received: list[list[dict]] = []
         self.predictions: list[list] = []
+        self.versions: list[str | None] = []
         self.to_async = self
 
-    async def ingest(self, rows, predictions):
+    async def ingest(self, rows, predictions, version=None):
         self.received.append(rows)
         self.predictions.append(predictions)
+        self.versions.append(version)
         return {"routing_to_fallback": self.routing, "policy_state": "drifted"}
 
 
@@ -213,6 +215,7 @@ def test_feed_sends_request_rows_and_model_scores_and_keeps_the_verdict() -> Non
     feed.offer([{"a": 1, "extra": 2}, {"a": 3}], [_prediction(), _prediction("heuristic")])
     asyncio.run(feed.flush())
     assert live.received == [[{"a": 1, "extra": 2}, {"a": 3}]]
+    assert live.versions == ["m:1"]  # the version served, so the drift process can follow it
     assert live.predictions == [[0.3, None]]
     assert feed.drift_active(cfg) is True
     assert feed.drift_active(_settings(action="alert")) is False

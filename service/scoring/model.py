@@ -92,8 +92,6 @@ def load_model(
         )
     card = GuardCard.from_custom_object(card_data)
     check_card(app, card, version)
-    if not allow_worse_than_rules:
-        check_beats_rules(card, version)
     loaded = stored.load_model()  # by the framework module it was saved with
     model = adapt(loaded, app, card, version)
     warmup_started = time.perf_counter()
@@ -104,6 +102,8 @@ def load_model(
             f"model {version} took {took:.1f} s to answer its warm-up batch, more than "
             f"model.warmup_timeout_s ({warmup_budget_s:g} s)"
         )
+    if not allow_worse_than_rules:  # last: a model of the wrong kind is told that first
+        check_beats_rules(card, version)
     return LoadedModel(version, model, card, time.perf_counter() - started)
 
 

@@ -4,7 +4,8 @@ One small JSON file, `admin.state_dir/<app>/model.json`, written atomically and 
 worker with the config (like the admin override):
 - `tag`: the `model.tag` these memories belong to; when the config names another tag they reset,
   so a rejected or rolled-back version is not tried again *until model.tag changes*;
-- `bad`: versions rolled back or rejected, with why: never loaded again under that tag;
+- `bad`: versions rolled back and tags refused at a swap, with why: never loaded again under that
+  tag;
 - `last_good`: the version that served before the latest swap, loaded after a restart when the
   tag's own version is bad.
 """
@@ -82,6 +83,9 @@ class ModelMemory:
 
     def mark_bad(self, version: str, why: str) -> Memory:
         return self._update(bad={**self.current.bad, version: why})
+
+    def forget(self, tag_or_version: str) -> Memory:
+        return self._update(bad={k: v for k, v in self.current.bad.items() if k != tag_or_version})
 
     def set_last_good(self, version: str) -> Memory:
         return self._update(last_good=version)

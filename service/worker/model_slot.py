@@ -33,6 +33,10 @@ RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 30.0
 
 
+class RememberedBad(ModelRefused):
+    """A tag or version this plug-in's workers rejected or rolled back under the current tag."""
+
+
 @dataclass
 class _Watch:
     """The rollback window of the version swapped in last."""
@@ -75,26 +79,35 @@ class ModelSlot:
     # -- loading ---------------------------------------------------------------------------------
 
     def _load(self, tag: str) -> LoadedModel:
+        bad = self.memory.for_tag(self.tag).bad
+        if tag in bad:
+            raise RememberedBad(f"model {tag} was rejected ({bad[tag]}); "
+                                "it is not loaded again until model.tag changes")
         cfg = self._settings()
         loaded = load_model(self.app, tag, cfg.warmup_timeout_s, cfg.allow_worse_than_rules)
         self.on_load_seconds(loaded.seconds)
-        bad = self.memory.for_tag(self.tag).bad
         if loaded.version in bad:
-            raise ModelRefused(
-                f"model {loaded.version} was rolled back or rejected ({bad[loaded.version]}); "
+            raise RememberedBad(
+                f"model {loaded.version} was rolled back ({bad[loaded.version]}); "
                 f"it is not loaded again until model.tag changes"
             )
         return loaded
 
     def load(self) -> bool:
-        """At start and on retry: the configured tag, else the last good version; True when loaded."""
+        """At start and on retry: the configured tag; True when a version is in the slot.
+
+        A tag remembered as rejected or rolled back is replaced by the last good version; any
+        other refusal leaves the rules answering while the load is retried."""
         try:
             loaded = self._load(self.tag)
-        except ModelRefused as exc:
+        except RememberedBad as exc:
             loaded = self._last_good(exc)
             if loaded is None:
                 self._refused(str(exc))
                 return False
+        except ModelRefused as exc:
+            self._refused(str(exc))
+            return False
         except Exception as exc:  # noqa: BLE001 -- a broken model file must not stop the worker
             self._refused(f"model {self.tag} failed to load: {type(exc).__name__}: {exc}")
             return False
@@ -146,6 +159,8 @@ class ModelSlot:
         `allow_worse_than_rules` set after the gate refused it, as the refusal says to)."""
         if tag == self.tag and not (settings_changed and self._swap_failed):
             return
+        if tag == self.tag:  # the operator changed what the refusal asked for: try it again
+            self.memory.forget(tag)
         self.tag = tag
         self.memory.for_tag(tag)  # a new tag: what was remembered of the old one is forgotten
         threading.Thread(target=self._swap_to, args=(tag,), name="mlguard-model-swap",
@@ -159,6 +174,8 @@ class ModelSlot:
                 loaded = self._load(tag)
             except Exception as exc:  # noqa: BLE001 -- refused or broken: the old version stays
                 self.problem, self._swap_failed = str(exc), True
+                if not isinstance(exc, RememberedBad):  # a restart must not try it either
+                    self.memory.mark_bad(tag, f"refused at swap: {exc}")
                 log.error("model swap to %s failed, still serving %s: %s", tag,
                           self.current.version if self.current else "the rules", exc)
                 self.on_swap("failed")
