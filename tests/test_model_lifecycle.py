@@ -283,7 +283,7 @@ def test_an_exported_deleted_model_is_served_again_once_imported(
     assert before["model_version"] == "unavailable"
 
     bentoml_cli("models", "import", str(versions.export_file))
-    # The loader retries with backoff (at most 30 s between tries): no restart, no request needed.
+    # The loader retries with backoff (at most 10 s between tries): no restart, no request needed.
     assert wait_until(
         lambda: predict(server)["model_version"] == versions.exported, timeout_s=45, interval_s=0.5
     ), server.log_tail()

@@ -321,7 +321,7 @@ def test_a_refused_model_is_answered_by_the_rules_until_it_is_guarded_by_its_tag
         command = guard_command(guide["blocks"]).replace("spam_model.pkl", "spam:latest")
         out = run_bash(command, workdir, env)
         tag = re.search(r"^saved (\S+):", out, re.MULTILINE)[1]
-        deadline = time.monotonic() + 90  # the loader retries with backoff up to 30 s
+        deadline = time.monotonic() + 90  # the loader retries with backoff up to 10 s
         while time.monotonic() < deadline:
             answer = httpx.post(f"{url}/predict", json=body, timeout=10).json()
             if answer["model_version"] != "unavailable":

@@ -30,7 +30,7 @@ log = logging.getLogger("mlguard.drift")
 # serving leaves, so its start-up (importing Evidently: tens of CPU seconds) and its checks never
 # slow an answer. A check that waits a little under load costs nothing (docs/DRIFT.md).
 NICENESS = 10
-RETRY_S = 30.0  # between load attempts of a version that failed to load
+RETRY_S = 10.0  # between load attempts of a version that failed to load
 FOLLOW_S = 1.0  # how often the process checks which version the workers serve
 
 

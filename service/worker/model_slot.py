@@ -30,7 +30,7 @@ from service.worker.model_memory import Memory, ModelMemory
 log = logging.getLogger("mlguard.model")
 
 RETRY_FIRST_S = 1.0
-RETRY_MAX_S = 30.0
+RETRY_MAX_S = 10.0  # a model imported later is picked up within this
 
 
 class RememberedBad(ModelRefused):
