@@ -212,7 +212,7 @@ def test_feed_sends_request_rows_and_model_scores_and_keeps_the_verdict() -> Non
     feed = DriftFeed(lambda: live, lambda: "m:1", lambda: cfg, lambda: None)
     # Rows go as clients sent them (the drift process derives the features); only a
     # model-routed row carries its score, a rules-routed one None.
-    feed.offer([{"a": 1, "extra": 2}, {"a": 3}], [_prediction(), _prediction("heuristic")])
+    feed.offer([{"a": 1, "extra": 2}, {"a": 3}], [_prediction(), _prediction("heuristic")], cfg)
     asyncio.run(feed.flush())
     assert live.received == [[{"a": 1, "extra": 2}, {"a": 3}]]
     assert live.versions == ["m:1"]  # the version served, so the drift process can follow it
@@ -227,7 +227,7 @@ def test_feed_buffers_no_more_rows_than_the_window_keeps() -> None:
     feed = DriftFeed(lambda: live, lambda: "m:1", lambda: cfg, lambda: None)
     p = _prediction()
     for i in range(250):
-        feed.offer([{"a": i}], [p])
+        feed.offer([{"a": i}], [p], cfg)
     asyncio.run(feed.flush())
     assert [r["a"] for r in live.received[0]] == list(range(150, 250))  # the newest 100, in order
 

@@ -48,8 +48,10 @@ class Recorder:
         rows: list[dict[str, Any]],
         predictions: list[Prediction],
         violations: list[list[Violation]],
+        cfg: Settings,
     ) -> None:
-        """Called once per request with every row, its answer and its input violations."""
+        """Called once per request with every row, its answer, its input violations and the
+        config snapshot the request was answered under."""
 
     def record_model_call(self, outcome: ModelOutcome) -> None:
         """Called once per model call (a batch of rows is one call)."""
@@ -139,7 +141,7 @@ class GuardedPipeline:
         per_row = (time.perf_counter() - started) / len(rows)
         for answer in answers:
             answer.seconds = per_row
-        self.recorder.record(rows, answers, verdicts)
+        self.recorder.record(rows, answers, verdicts, cfg)
         return answers
 
     def _accept(

@@ -34,13 +34,12 @@ KNOWN_REQUEST_LABELS = (
 
 class MetricsRecorder(Recorder):
     def __init__(
-        self, metrics: Metrics, task: Task, settings: Any, drift: DriftFeed | None = None
+        self, metrics: Metrics, task: Task, drift: DriftFeed | None = None
     ) -> None:
         self.metrics = metrics
         # Which histogram the answered score goes to: the positive class's probability (binary),
         # the value (regression); a multiclass answer is counted by its decision only.
         self._score_metric = {"binary": metrics.probability, "regression": metrics.value}.get(task.kind)
-        self._settings = settings  # () -> Settings
         self._drift = drift  # served rows go to the drift window through it
         # Label lookups cost more than the increment itself: keep the children we have used.
         self._children: dict[tuple, Any] = {}
@@ -62,10 +61,10 @@ class MetricsRecorder(Recorder):
         rows: list[dict[str, Any]],
         predictions: list[Prediction],
         violations: list[list[Violation]],
+        cfg: Settings,
     ) -> None:
         m = self.metrics
         score_metric = self._score_metric
-        cfg: Settings = self._settings()
         # Decided once per call: the line is never built when the level or the ratio drops it.
         sample = cfg.logging.prediction_sample_ratio if prediction_log.isEnabledFor(logging.INFO) else 0.0
         for p, found in zip(predictions, violations):
@@ -81,7 +80,7 @@ class MetricsRecorder(Recorder):
             if sample >= 1.0 or (sample > 0.0 and random.random() < sample):
                 prediction_log.info(_log_line(p))
         if self._drift is not None:
-            self._drift.offer(rows, predictions)
+            self._drift.offer(rows, predictions, cfg)
 
     def record_model_call(self, outcome: ModelOutcome) -> None:
         if outcome.failure != reasons.MODEL_OVERLOADED:  # an overloaded call never ran

@@ -52,8 +52,10 @@ class DriftFeed:
         """The drift process's proxy (for the /monitoring endpoints)."""
         return self._client()
 
-    def offer(self, rows: list[dict[str, Any]], predictions: list[Prediction]) -> None:
-        drift = self._settings().drift
+    def offer(
+        self, rows: list[dict[str, Any]], predictions: list[Prediction], cfg: Settings
+    ) -> None:
+        drift = cfg.drift
         if drift.enabled:
             buffer = self._buffer
             buffer.extend(

@@ -92,7 +92,7 @@ class GuardedRuntime:
             served=lambda: self.slot.current,
             settings=self.settings,
             routing_state=self.routing_state,
-            recorder=MetricsRecorder(self.metrics, app.task, self.settings, self.drift),
+            recorder=MetricsRecorder(self.metrics, app.task, self.drift),
             circuit=self.circuit,
             heuristic=FaultyHeuristic(app.heuristic, self.settings),
             observe=self.slot.observe,
