@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from service.worker.config import PROJECT_ROOT
-from service.worker.config_store import WatchedFile
+from service.worker.config_store import WatchedFile, write_json_atomically
 
 log = logging.getLogger("mlguard.admin")
 
@@ -53,18 +51,11 @@ class AdminStateStore:
         new = AdminRouting(mode=mode, changed_by=source, changed_at=time.time())
         with self._lock:
             old = self.current
-            self._write(new)
+            write_json_atomically(self.path, asdict(new))
             self.current = new
         log.warning("admin routing override %s -> %s by %s", old.mode, mode, source)
         self._on_change(new)
         return new
-
-    def _write(self, state: AdminRouting) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".routing-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(state), f)
-        os.replace(tmp, self.path)  # readers see the old file or the new one, never half of one
 
     def _load(self, text: str | None) -> None:
         try:

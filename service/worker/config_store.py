@@ -7,7 +7,10 @@ A file of a few KB read once a second costs nothing measurable.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +24,16 @@ Listener = Callable[[Settings, Settings], None]
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def write_json_atomically(path: Path, data: object) -> None:
+    """Write a small state file that other workers poll: they see the old file or the new one,
+    never half of one (temp file + rename in the same folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
 
 
 class WatchedFile:

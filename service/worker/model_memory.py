@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from service.worker.config_store import WatchedFile
+from service.worker.config_store import WatchedFile, write_json_atomically
 
 log = logging.getLogger("mlguard.model")
 
@@ -64,16 +62,9 @@ class ModelMemory:
         with self._lock:
             new = Memory(**{**asdict(self.current), **changes})
             if new != self.current:
-                self._write(new)
+                write_json_atomically(self.path, asdict(new))
                 self.current = new
             return new
-
-    def _write(self, memory: Memory) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".model-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(memory), f)
-        os.replace(tmp, self.path)  # readers see the old file or the new one, never half of one
 
     def for_tag(self, tag: str) -> Memory:
         """The memories of this tag: reset when the file still speaks of another one."""
