@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -95,7 +95,6 @@ class DeadlineModelCall:
             return await self._batched(rows, timeout_s, max_concurrency, b)
         if not self._limit.try_acquire(max_concurrency):
             return ModelOutcome(None, reasons.MODEL_OVERLOADED)
-        started = time.perf_counter()
 
         def run() -> Scored:
             try:
@@ -108,32 +107,27 @@ class DeadlineModelCall:
         except RuntimeError:  # executor shut down: the service is stopping
             self._limit.release()
             return ModelOutcome(None, reasons.MODEL_ERROR, "shutting down")
-        try:
-            result = await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
-        except TimeoutError:
-            return ModelOutcome(None, reasons.MODEL_TIMEOUT, None, time.perf_counter() - started)
-        except Exception as exc:  # noqa: BLE001 -- any model failure is a routing reason, never a 5xx
-            return ModelOutcome(
-                None, reasons.MODEL_ERROR, type(exc).__name__, time.perf_counter() - started
-            )
-        return ModelOutcome(result.raw, seconds=time.perf_counter() - started, version=result.version)
+        return await self._outcome(asyncio.wrap_future(future), timeout_s)
 
     async def _batched(
         self, rows: list[dict[str, Any]], timeout_s: float, max_concurrency: int, b: ModelConfig
     ) -> ModelOutcome:
         """The same outcomes as an unbatched call; the deadline covers waiting for the batch too."""
-        started = time.perf_counter()
         self._batch_concurrency = max_concurrency
+        submitted = self.batcher.submit(rows, b.micro_batch_max_rows, b.micro_batch_max_wait_ms / 1000.0)
+        return await self._outcome(submitted, timeout_s)
+
+    @staticmethod
+    async def _outcome(call: Awaitable[Scored], timeout_s: float) -> ModelOutcome:
+        """A model call awaited under its deadline: every failure becomes a routing reason."""
+        started = time.perf_counter()
         try:
-            result = await asyncio.wait_for(
-                self.batcher.submit(rows, b.micro_batch_max_rows, b.micro_batch_max_wait_ms / 1000.0),
-                timeout_s,
-            )
-        except Overloaded:
+            result = await asyncio.wait_for(call, timeout_s)
+        except Overloaded:  # a micro-batch could not start: it never ran
             return ModelOutcome(None, reasons.MODEL_OVERLOADED)
         except TimeoutError:
             return ModelOutcome(None, reasons.MODEL_TIMEOUT, None, time.perf_counter() - started)
-        except Exception as exc:  # noqa: BLE001 -- as above: a routing reason, never a 5xx
+        except Exception as exc:  # noqa: BLE001 -- any model failure is a routing reason, never a 5xx
             return ModelOutcome(
                 None, reasons.MODEL_ERROR, type(exc).__name__, time.perf_counter() - started
             )
