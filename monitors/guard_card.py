@@ -26,6 +26,9 @@ class GuardCard:
     sample: dict[str, list[Any]]  # training rows' features, column -> values (drift reference)
     yardstick: dict[str, Any]  # model vs rules on the holdout (training/yardstick.py)
     target: dict[str, float] = field(default_factory=dict)  # regression: min, max, iqr
+    # binary: the holdout's probability calibration, Calibration.to_dict() (monitors/performance/
+    # cbpe.py); empty for other tasks and for cards saved before it existed
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     def sample_rows(self, limit: int | None = None) -> list[dict[str, Any]]:
         names = self.features.names
@@ -56,6 +59,7 @@ class GuardCard:
             "sample": self.sample,
             "yardstick": self.yardstick,
             "target": self.target,
+            "calibration": self.calibration,
         }
 
     @classmethod
@@ -71,4 +75,5 @@ class GuardCard:
             sample=data["sample"],
             yardstick=data["yardstick"],
             target=data.get("target", {}),
+            calibration=data.get("calibration", {}),
         )

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from monitors.guard_card import CARD_KEY, GuardCard
+from monitors.performance.cbpe import Calibration
 from monitors.reference import ReferenceStats
 from monitors.tasks import OutputPolicy
 from service.scoring.model import ModelRefused, adapt, warm_up
@@ -105,7 +106,14 @@ def build_card(
     iqr = target_stats.get("iqr", 0.0)
     policy = OutputPolicy(threshold, None, 0.5 * iqr)  # shadow.tolerance's default
     report = yardstick(app, served.predict_rows, holdout_rows, y_holdout, policy)
-    return GuardCard(**{**vars(card), "yardstick": report})
+    calibration: dict[str, Any] = {}
+    if task.kind == "binary":
+        # The model's probabilities on the holdout against its outcomes: what the label-free
+        # performance estimate (CBPE) calibrates with. Valid outputs: the yardstick checked them.
+        raw = np.asarray(served.predict_rows([app.features_of(r) for r in holdout_rows]), dtype=float)
+        probabilities = np.array([out.score for out in task.from_model(raw, policy)])
+        calibration = Calibration.fit(probabilities, task.target_index(y_holdout)).to_dict()
+    return GuardCard(**{**vars(card), "yardstick": report, "calibration": calibration})
 
 
 def _check_booster_class_order(app: GuardedApp, obj: Any, framework: str) -> None:
