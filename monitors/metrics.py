@@ -163,3 +163,80 @@ class DriftMetrics:
             "The same agreement measured on the validation split at training time",
             multiprocess_mode="mostrecent", registry=r,
         )
+
+
+FEEDBACK_OUTCOMES = ("recorded", "duplicate", "conflict", "pending", "unknown", "invalid")
+LABEL_DELAY_BUCKETS = (60.0, 600.0, 3600.0, 6 * 3600.0, 86_400.0, 3 * 86_400.0, 7 * 86_400.0,
+                       30 * 86_400.0, 90 * 86_400.0)
+
+
+class StoreMetrics:
+    """The API workers' prediction log and feedback (service/store/, service/api/records.py)."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        r = registry
+        self.log_rows = Counter(
+            "mlguard_prediction_log_rows",
+            "Answered predictions for the prediction log, by outcome: written to the store, or "
+            "dropped (buffer full, store down too long, shutdown before the flush)",
+            ["outcome"], registry=r,
+        )
+        self.buffer_rows = Gauge(
+            "mlguard_prediction_log_buffer_rows", "Rows waiting in the workers' write buffers",
+            multiprocess_mode="livesum", registry=r,
+        )
+        self.store_up = Gauge(
+            "mlguard_store_up", "1 while the last write to the store succeeded",
+            multiprocess_mode="livemin", registry=r,
+        )
+        self.feedback = Counter(
+            "mlguard_feedback", "Outcomes posted to /feedback, by result", ["outcome"], registry=r
+        )
+        self.label_delay = Histogram(
+            "mlguard_label_delay_seconds", "Time from a prediction to its outcome's arrival",
+            buckets=LABEL_DELAY_BUCKETS, registry=r,
+        )
+        for outcome in ("written", "dropped"):  # at 0 from the start, so increase() sees the first
+            self.log_rows.labels(outcome)
+        for outcome in FEEDBACK_OUTCOMES:
+            self.feedback.labels(outcome)
+
+
+class PerformanceMetrics:
+    """Live performance, published by the monitoring process (one writer: "mostrecent")."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        r = registry
+        self.realized = Gauge(
+            "mlguard_realized_metric", "A metric on the labelled window, by route that answered",
+            ["route", "metric"], multiprocess_mode="mostrecent", registry=r,
+        )
+        self.delta = Gauge(
+            "mlguard_model_vs_rules_delta",
+            "Model minus rules on the yardstick's metric over labelled model-answered rows "
+            "(positive: the model is better), with the interval's bounds",
+            ["metric", "bound"], multiprocess_mode="mostrecent", registry=r,
+        )
+        self.estimated = Gauge(
+            "mlguard_estimated_metric", "Label-free estimate of the model's metric on recent rows (CBPE)",
+            ["metric"], multiprocess_mode="mostrecent", registry=r,
+        )
+        self.coverage = Gauge(
+            "mlguard_label_coverage", "Share of the window's predictions that have an outcome",
+            multiprocess_mode="mostrecent", registry=r,
+        )
+        self.labelled = Gauge(
+            "mlguard_labelled_rows", "Labelled predictions in the performance window",
+            multiprocess_mode="mostrecent", registry=r,
+        )
+        self.below_rules = Gauge(
+            "mlguard_performance_below_rules",
+            "1 while the performance policy says the model is worse than the rules",
+            multiprocess_mode="mostrecent", registry=r,
+        )
+        self.checks = Counter(
+            "mlguard_performance_checks", "Performance checks, by outcome: ok, insufficient, error",
+            ["outcome"], registry=r,
+        )
+        for outcome in ("ok", "insufficient", "error"):
+            self.checks.labels(outcome)

@@ -11,6 +11,7 @@ MODEL_UNAVAILABLE = "model.unavailable"
 INPUT_OUT_OF_RANGE = "input.out_of_range"
 INPUT_UNKNOWN_CATEGORY = "input.unknown_category"
 DRIFT_DETECTED = "drift.detected"
+PERFORMANCE_BELOW_RULES = "performance.below_rules"
 CIRCUIT_OPEN = "circuit.open"
 MODEL_OVERLOADED = "model.overloaded"
 MODEL_TIMEOUT = "model.timeout"
@@ -25,6 +26,7 @@ ALL = (
     INPUT_OUT_OF_RANGE,
     INPUT_UNKNOWN_CATEGORY,
     DRIFT_DETECTED,
+    PERFORMANCE_BELOW_RULES,
     CIRCUIT_OPEN,
     MODEL_OVERLOADED,
     MODEL_TIMEOUT,

@@ -15,6 +15,7 @@ from service.api.api_models import answer_model, batch_answer_model, batch_reque
 from service.api.body_limit import BodyLimit
 from service.api.json_only import JsonOnly
 from service.api.monitoring import monitoring_app
+from service.api.records import records_app
 from service.spec import GuardedApp
 from service.worker import config
 from service.worker.drift_service import build_drift_service, drift_client_of
@@ -28,7 +29,8 @@ def guard(app: GuardedApp) -> Any:
     """The BentoML service of a plug-in: `MyService = guard(APP)`, then `bentoml serve module:MyService`.
 
     The same endpoints and guard for every plug-in: POST /predict and /predict_batch (the answer
-    shaped by the task), /admin, /monitoring, /metrics, and one drift process beside the workers.
+    shaped by the task), POST /feedback, /predictions/{id}, /admin, /monitoring, /metrics, and one
+    monitoring (drift) process beside the workers.
     """
     quiet_client_errors()
     settings = config.load(config.config_path(app.name))  # an invalid config stops here, naming the key
@@ -98,7 +100,12 @@ def guard(app: GuardedApp) -> Any:
     service.mount_asgi_app(
         admin_app(lambda: workers_runtime[-1] if workers_runtime else None), path="/admin", name="admin"
     )
-    service.mount_asgi_app(monitoring_app, path="/monitoring", name="monitoring")
+    service.mount_asgi_app(monitoring_app(), path="/monitoring", name="monitoring")
+    # At the root: BentoML's PassiveMount answers only this app's own paths (/feedback,
+    # /predictions/{id}), so it shadows none of the service's routes.
+    service.mount_asgi_app(
+        records_app(lambda: workers_runtime[-1] if workers_runtime else None), path="/", name="records"
+    )
     service.add_asgi_middleware(BodyLimit, max_body_bytes=settings.server.max_body_bytes)
     service.add_asgi_middleware(JsonOnly)
     return service

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from fallbacks.base import Heuristic
 from monitors.features import FeatureSchema, FeatureTransform
+from monitors.performance.realized import METRICS
 from monitors.tasks import Task
 
 
@@ -62,6 +63,15 @@ class GuardedApp:
                 self.task.check_default(answer)
             except ValueError as exc:
                 raise ValueError(f"safe_default.answer: {exc}") from None
+        metric = settings.performance.metric
+        known = METRICS[self.task.kind]
+        if metric and metric not in known:
+            raise ValueError(
+                f"performance.metric: {metric!r} is not one of {list(known)} ({self.task.kind} plug-ins)"
+            )
+        unknown = sorted(set(settings.store.redact) - set(self.inputs.names))
+        if unknown:
+            raise ValueError(f"store.redact: {unknown} are not fields of {self.request.__name__}")
 
     def row_of(self, obj: BaseModel) -> dict[str, Any]:
         """A validated request object as the row clients sent: keyed by alias, None when missing."""

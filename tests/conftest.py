@@ -16,6 +16,12 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 from tests.support.server import ServerProcess
 from tests.support.wait import wait_until  # noqa: F401 (tests import it from here)
 
+# Feedback and monitoring reads are token-protected; the admin token stays unset on the shared
+# server (tests/test_admin.py checks that admin writes are then disabled).
+FEEDBACK_TOKEN = "test-feedback-token"
+MONITORING_TOKEN = "test-monitoring-token"
+TOKENS = {"MLGUARD_FEEDBACK_TOKEN": FEEDBACK_TOKEN, "MLGUARD_MONITORING_TOKEN": MONITORING_TOKEN}
+
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Iterator[ServerProcess]:
@@ -27,7 +33,7 @@ def server(tmp_path_factory) -> Iterator[ServerProcess]:
     proc = ServerProcess(
         workdir=tmp_path_factory.mktemp("server"),
         workers=2,
-        env={"MLGUARD_DRIFT__ACTION": "alert"},
+        env={"MLGUARD_DRIFT__ACTION": "alert", **TOKENS},
     ).start()
     yield proc
     proc.stop()

@@ -10,7 +10,9 @@ import yaml
 
 from tests.support.prometheus import require_binary
 
-PROM_DIR = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
+ROOT = Path(__file__).resolve().parents[1]
+PROM_DIR = ROOT / "deploy" / "prometheus"
+METRICS_MODULE = ROOT / "monitors" / "metrics.py"
 ALERTS = PROM_DIR / "alerts.yml"
 ALERTS_TEST = PROM_DIR / "alerts_test.yml"
 # The issue's list; later work adds its own alerts beside these.
@@ -25,9 +27,16 @@ REQUIRED = {
     "MlguardModelUnavailable",
     "MlguardModelSwapFailed",
     "MlguardModelRolledBack",
+    # live labels and the prediction log (issue 13)
+    "MlguardModelWorseThanRules",
+    "MlguardLabelsStopped",
+    "MlguardPredictionLogDropping",
+    "MlguardStoreDown",
 }
 # The rules serve every plug-in: no plug-in's domain in their words.
 DOMAIN_WORDS = re.compile(r"approv|declin|credit|loan|lend", re.IGNORECASE)
+# What prometheus_client appends to a metric's name on exposition.
+SUFFIXES = re.compile(r"_(total|bucket|sum|count)$")
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
@@ -110,3 +119,50 @@ def test_swap_alerts_watch_their_own_outcome_of_the_swap_counter() -> None:
     # Each names the log line and the admin field that say what happened to which version.
     assert "model swap to <tag> failed" in rules["MlguardModelSwapFailed"]["annotations"]["description"]
     assert "rolled back to" in rules["MlguardModelRolledBack"]["annotations"]["description"]
+
+
+def defined_metrics() -> set[str]:
+    """The metric names monitors/metrics.py creates (every metric is defined there, once)."""
+    return set(re.findall(r'"(mlguard_[a-z_]+)"', METRICS_MODULE.read_text()))
+
+
+def queried_metrics(text: str) -> set[str]:
+    return {SUFFIXES.sub("", name) for name in re.findall(r"\bmlguard_[a-z_]+", text)}
+
+
+def test_every_metric_the_rules_query_is_defined() -> None:
+    """A misspelt metric is no error in PromQL: the alert would just never fire."""
+    exprs = "\n".join(r["expr"] for r in alert_rules())
+    used = queried_metrics(exprs)
+    assert used - defined_metrics() == set(), "queried but defined nowhere in monitors/metrics.py"
+    # The live-label contract is watched end to end.
+    assert {"mlguard_model_vs_rules_delta", "mlguard_performance_below_rules", "mlguard_labelled_rows",
+            "mlguard_feedback", "mlguard_prediction_log_rows", "mlguard_store_up"} <= used
+
+
+def test_worse_than_rules_needs_the_interval_below_zero_on_enough_labels_or_the_policy() -> None:
+    rules = {r["alert"]: r for r in alert_rules()}
+    expr = rules["MlguardModelWorseThanRules"]["expr"]
+    # The interval's upper end, not the estimate: below 0 means worse with confidence.
+    assert 'mlguard_model_vs_rules_delta{bound="high"}) < 0' in expr
+    assert "mlguard_labelled_rows) >= 200" in expr  # the default performance.min_labels
+    assert "mlguard_performance_below_rules) == 1" in expr
+    assert "by (job, metric)" in expr and "or on (job)" in expr  # one alert per job and metric
+    assert "performance.below_rules" in rules["MlguardModelWorseThanRules"]["annotations"]["description"]
+
+
+def test_labels_stopped_counts_accepted_outcomes_only_and_needs_traffic() -> None:
+    (rule,) = [r for r in alert_rules() if r["alert"] == "MlguardLabelsStopped"]
+    expr = rule["expr"]
+    # unknown, invalid, conflict and duplicate answers carry no new outcome
+    assert expr.count('mlguard_feedback_total{outcome=~"recorded|pending"}') == 2
+    assert "increase(mlguard_requests_total[1h])) > 0" in expr
+
+
+def test_store_alerts_watch_dropped_rows_and_the_lowest_worker() -> None:
+    rules = {r["alert"]: r for r in alert_rules()}
+    dropping = rules["MlguardPredictionLogDropping"]
+    assert 'mlguard_prediction_log_rows_total{outcome="dropped"}' in dropping["expr"]
+    down = rules["MlguardStoreDown"]
+    assert "min by (job) (mlguard_store_up) == 0" in down["expr"]
+    assert down["for"] == "1m" and down["labels"]["severity"] == "critical"

@@ -19,7 +19,7 @@ import pytest
 from apps.credit.app import CREDIT_APP
 from apps.credit.data import load_credit_data, split_data, to_rows
 from service.worker.drift_service import NICENESS
-from tests.conftest import wait_until
+from tests.conftest import MONITORING_TOKEN, wait_until
 from tests.support.prometheus import PrometheusProcess, require_binary, scraping
 from tests.support.server import ROOT, ServerProcess
 
@@ -42,7 +42,10 @@ def drift_server(tmp_path_factory) -> Iterator[ServerProcess]:
     for old, new in DRIFT_CONFIG.items():
         assert old in text, old
         text = text.replace(old, new)
-    proc = ServerProcess(workdir=tmp_path_factory.mktemp("drift"), workers=2, config_text=text).start()
+    proc = ServerProcess(
+        workdir=tmp_path_factory.mktemp("drift"), workers=2, config_text=text,
+        env={"MLGUARD_MONITORING_TOKEN": MONITORING_TOKEN},  # the report is behind it
+    ).start()
     try:
         # Readiness does not wait for the drift process (serving never depends on it).
         assert wait_until(lambda: _status(proc.url) is not None, timeout_s=120, interval_s=1)
@@ -166,14 +169,19 @@ def test_drift_metrics_are_exported(client) -> None:
 
 
 def test_report_page_renders_without_javascript_errors(client, drift_server, tmp_path) -> None:
-    r = client.get("/monitoring/drift/report", timeout=120)
+    r = client.get("/monitoring/drift/report", timeout=120,
+                   headers={"Authorization": f"Bearer {MONITORING_TOKEN}"})
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "Drifted Columns" in r.text and "amount" in r.text
+    # Chromium cannot send the token: it opens the page as served (self-contained: no external
+    # script or stylesheet).
+    page = tmp_path / "report.html"
+    page.write_text(r.text)
     chromium = require_binary("chromium")  # skipped without it, except under CI=true
     result = subprocess.run(
         [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}",
          "--enable-logging=stderr", "--v=0", "--virtual-time-budget=15000", "--dump-dom",
-         f"{drift_server.url}/monitoring/drift/report"],
+         page.as_uri()],
         capture_output=True, text=True, timeout=180, check=False,
     )
     console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]

@@ -34,6 +34,9 @@ from tests.support.metrics import scrape, total
 from tests.support.server import BENTOML, ROOT, ServerProcess
 from training.guard import guard_model
 
+# A long drill: in CI and `make test-all`, not in a local `make test` (Makefile).
+pytestmark = pytest.mark.drill
+
 WORKERS = 2
 NAME = f"credit_risk_lifecycle_{uuid.uuid4().hex[:8]}"
 CONFIG_TEXT = (ROOT / "config" / "mlguard.yaml").read_text()

@@ -33,6 +33,9 @@ from tests.support.metrics import scrape, total
 from tests.support.server import BENTOML, ROOT, ServerProcess
 from tests.support.wait import wait_until
 
+# A long drill: in CI and `make test-all`, not in a local `make test` (Makefile).
+pytestmark = pytest.mark.drill
+
 RUN = uuid.uuid4().hex[:8]
 REFUSAL_LINE = "model not served, the rules answer every row"
 WORKER_UP = "tumour worker up (pid"

@@ -7,7 +7,8 @@ scrapes two plug-ins in one job, as two deployments of one dashboard would be: t
 panel). A third service whose model is missing shows the "Model loaded" panel and the
 MlguardModelUnavailable alert on their real metric. A fourth swaps to another version of the
 credit model beside the session server: the "Model versions" row shows the two versions and the
-swaps by outcome, and a refused tag raises MlguardModelSwapFailed.
+swaps by outcome, and a refused tag raises MlguardModelSwapFailed. The "Live performance" row's
+prediction log and feedback panels fill from the same traffic; its panels fed by outcomes parse.
 """
 from __future__ import annotations
 
@@ -59,7 +60,28 @@ CORE_PANELS = {
     "Model loaded by instance",
     "Model swaps by outcome",  # its counters exist at 0 from the start
     "Model load time",
+    # The prediction log records every answer, and the feedback counters exist at 0 from the start.
+    "Prediction log rows written / dropped",
+    "Prediction log buffer and store",
+    "Feedback by outcome",
 }
+# The "Live performance" row (issue 13). The panels fed by outcomes only parse here: the session
+# server gets no outcomes (it has no feedback token).
+LIVE_PANELS = {
+    "Model vs rules on live labels",
+    "Model minus rules on live labels",
+    "Realized metric by route",
+    "Estimated vs realized (model route)",
+    "Label coverage and labelled rows",
+    "Label delay p50 / p90 / p99",
+    "Feedback by outcome",
+    "Prediction log rows written / dropped",
+    "Prediction log buffer and store",
+    "Performance checks by outcome",
+}
+METRICS_MODULE = ROOT / "monitors" / "metrics.py"
+# What prometheus_client appends to a metric's name on exposition.
+SUFFIXES = re.compile(r"_(total|bucket|sum|count)$")
 # A generic dashboard: no plug-in's domain in its words.
 DOMAIN_WORDS = re.compile(r"approv|declin|credit|loan|lend|default rate", re.IGNORECASE)
 REGRESSION_APP = "apps.diabetes.app:DiabetesService"
@@ -140,6 +162,30 @@ def test_dashboard_has_the_issue_panels_and_rows_for_later_work() -> None:
     first_row = {p["title"] for p in d["panels"] if p["gridPos"]["y"] < latency_row["gridPos"]["y"]}
     assert {"Traffic and routing", "Model version", "Model loaded"} <= first_row
     assert "mlguard_model_loaded" in panel("Model loaded")["targets"][0]["expr"]
+
+
+def test_live_performance_row_holds_its_panels() -> None:
+    d = dashboard()
+    (row,) = [p for p in d["panels"] if p["type"] == "row" and p["title"] == "Live performance"]
+    # Its panels sit between it and the next row down, so Grafana draws them under it.
+    below = min((p["gridPos"]["y"] for p in d["panels"]
+                 if p["type"] == "row" and p["gridPos"]["y"] > row["gridPos"]["y"]), default=10**6)
+    in_row = {p["title"] for p in d["panels"]
+              if p["type"] != "row" and row["gridPos"]["y"] < p["gridPos"]["y"] < below}
+    assert in_row == LIVE_PANELS
+    # The delta panel draws the estimate and both ends of its interval, per metric.
+    bounds = [t["expr"] for t in panel("Model minus rules on live labels")["targets"]]
+    assert [b for b in ("estimate", "low", "high") if any(f'bound="{b}"' in e for e in bounds)] == [
+        "estimate", "low", "high"]
+    assert all("by (metric)" in e for e in bounds)
+
+
+def test_every_metric_the_dashboard_queries_is_defined() -> None:
+    """A misspelt metric is no error in PromQL: its panel would just stay empty."""
+    defined = set(re.findall(r'"(mlguard_[a-z_]+)"', METRICS_MODULE.read_text()))
+    used = {SUFFIXES.sub("", m) for _, expr in dashboard_exprs()
+            for m in re.findall(r"\bmlguard_[a-z_]+", expr)}
+    assert used - defined == set(), "queried but defined nowhere in monitors/metrics.py"
 
 
 def test_dashboard_names_no_plugin_domain() -> None:
@@ -251,7 +297,7 @@ def test_dashboard_expression_parses_and_core_panels_have_data(
 ) -> None:
     answer = traffic.query(expand(expr))
     assert answer["status"] == "success", (where, answer)
-    if where.split(" / ")[0] in CORE_PANELS:
+    if where.rsplit(" / ", 1)[0] in CORE_PANELS:  # titles may hold " / " themselves
         values = [float(r["value"][1]) for r in answer["data"]["result"]]
         assert any(math.isfinite(v) for v in values), (where, answer["data"])
 

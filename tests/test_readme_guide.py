@@ -21,6 +21,9 @@ import pytest
 
 from tests.support.server import ROOT, descendants, free_port
 
+# A long drill: in CI and `make test-all`, not in a local `make test` (Makefile).
+pytestmark = pytest.mark.drill
+
 SECTION = "## Guard your own model"
 README_PORT = "3001"
 

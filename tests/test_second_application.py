@@ -19,6 +19,9 @@ from tests.support.metrics import scrape, total
 from tests.support.server import BENTOML, ServerProcess
 from tests.support.wait import wait_until
 
+# A long drill: in CI and `make test-all`, not in a local `make test` (Makefile).
+pytestmark = pytest.mark.drill
+
 FEATURES = ["radius", "texture", "smoothness", "concave_points", "worst_area", "worstConcavePoints"]
 DECISIONS = {"discharge", "refer"}
 

@@ -2,10 +2,15 @@
 
     python -m training guard-model --app spam_app:APP --model spam:latest \\
         --train train.csv --holdout holdout.csv --target label
+    python -m training export-labelled --app spam_app:APP --out labelled.parquet
 
-`--model` is a tag in the BentoML store (adopted: saved again with the guard card, as a new
-version) or the path of a pickled fitted model (joblib or pickle; saved with its framework's
-BentoML module under the plug-in's model name). Prints the yardstick and the tag to serve.
+`guard-model`: `--model` is a tag in the BentoML store (adopted: saved again with the guard card,
+as a new version) or the path of a pickled fitted model (joblib or pickle; saved with its
+framework's BentoML module under the plug-in's model name). Prints the yardstick and the tag to
+serve.
+`export-labelled`: the labelled predictions of the prediction log (inputs and outcomes), for
+retraining: CSV, or Parquet when the file ends in .parquet. The store is the one the plug-in's
+config names (`store.url`, else the SQLite file in its state directory); `--store` overrides it.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import importlib
 import logging
 import pickle
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--target", required=True, help="the target column")
     g.add_argument("--name", help="model name in the store (default: the plug-in's model_name)")
     g.add_argument("--threshold", type=float, default=0.5, help="binary decision threshold")
+    e = sub.add_parser("export-labelled", help="export labelled predictions for retraining")
+    e.add_argument("--app", required=True, help="the plug-in, module:ATTRIBUTE")
+    e.add_argument("--out", required=True, type=Path, help="file to write: .csv or .parquet")
+    e.add_argument("--store", help="store URL (default: from the plug-in's config)")
+    e.add_argument("--days", type=float, help="only predictions made in the last N days")
+    e.add_argument("--limit", type=int, help="at most the N most recent labelled predictions")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "export-labelled":
+        return export_labelled(args)
 
     from training.guard import guard_model
 
@@ -81,6 +95,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nsaved {saved.tag}, but it does not beat the rules: the promotion gate will not "
               "serve it (the rules will answer) unless the plug-in's config sets "
               "model.allow_worse_than_rules: true")
+    return 0
+
+
+def export_labelled(args: argparse.Namespace) -> int:
+    from service.store import open_store
+    from service.store.export import export_labelled as export
+    from service.worker import config
+    from service.worker.admin_state import state_dir_path
+    from service.worker.prediction_log import store_url
+
+    app = load_app(args.app)
+    settings = config.load(config.config_path(app.name))
+    url = args.store or store_url(state_dir_path(settings.admin.state_dir) / app.name, settings.store)
+    since = time.time() - args.days * 86_400.0 if args.days else 0.0
+    with open_store(url, app.name) as store:
+        count = export(store, args.out, limit=args.limit, since_ts=since)
+    print(f"{count} labelled predictions written to {args.out}")
     return 0
 
 

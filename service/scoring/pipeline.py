@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +27,7 @@ from service.scoring.prediction import (
     ROUTE_MODEL,
     UNAVAILABLE,
     Prediction,
+    new_request_id,
 )
 from service.scoring.router import RoutingState, reasons_against_model
 from service.spec import GuardedApp
@@ -55,6 +55,22 @@ class Recorder:
 
     def record_model_call(self, outcome: ModelOutcome) -> None:
         """Called once per model call (a batch of rows is one call)."""
+
+
+class Recorders(Recorder):
+    """Several recorders, called in order (metrics first: they are what /metrics counts exactly)."""
+
+    def __init__(self, *recorders: Recorder) -> None:
+        self.recorders = recorders
+
+    def record(self, rows: list[dict[str, Any]], predictions: list[Prediction],
+               violations: list[list[Violation]], cfg: Settings) -> None:
+        for recorder in self.recorders:
+            recorder.record(rows, predictions, violations, cfg)
+
+    def record_model_call(self, outcome: ModelOutcome) -> None:
+        for recorder in self.recorders:
+            recorder.record_model_call(outcome)
 
 
 class GuardedPipeline:
@@ -172,7 +188,7 @@ class GuardedPipeline:
                 row_reasons[i].append(reasons.with_detail(reasons.OUTPUT_INVALID, str(out)))
                 healthy = False
                 continue
-            answers[i] = Prediction(uuid.uuid4().hex, out, ROUTE_MODEL, model_version=version)
+            answers[i] = Prediction(new_request_id(), out, ROUTE_MODEL, model_version=version)
         return healthy
 
     def _fallback(
@@ -186,13 +202,13 @@ class GuardedPipeline:
             answer = cfg.safe_default.answer
             default = self.task.default(self.task.safe_default if answer is None else answer, policy)
             return Prediction(
-                uuid.uuid4().hex, default, ROUTE_DEFAULT,
+                new_request_id(), default, ROUTE_DEFAULT,
                 reasons=[*found, reasons.with_detail(reasons.HEURISTIC_ERROR, type(exc).__name__)],
                 model_version=version,
                 cause=reasons.HEURISTIC_ERROR,
             )
         return Prediction(
-            uuid.uuid4().hex, output, ROUTE_HEURISTIC,
+            new_request_id(), output, ROUTE_HEURISTIC,
             reasons=found,
             rules=list(result.rules),
             model_version=version,

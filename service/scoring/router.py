@@ -18,6 +18,7 @@ class RoutingState:
     config_mode: str  # routing.mode from the config in force: auto | fallback
     admin_mode: str | None = None  # the operator's override, if any: auto | fallback
     drift_active: bool = False  # the drift policy says: route to the rules
+    below_rules: bool = False  # live labels say the model is worse than the rules (and action=route)
     model_available: bool = True  # a model version is loaded
 
 
@@ -38,4 +39,6 @@ def reasons_against_model(state: RoutingState, violations: list[Violation]) -> l
     found.extend(v.reason for v in violations)
     if state.drift_active:
         found.append(reasons.DRIFT_DETECTED)
+    if state.below_rules:
+        found.append(reasons.PERFORMANCE_BELOW_RULES)
     return found

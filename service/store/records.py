@@ -13,7 +13,7 @@ class PredictionRecord:
     """One answered prediction, as the log keeps it.
 
     `model_output`, `rules_output` and `answer` hold the task's answer fields, e.g.
-    {"probability": 0.3, "decision": "approve"} (binary), {"decision": ..., "probabilities": {...}}
+    {"probability": 0.3, "decision": "deliver"} (binary), {"decision": ..., "probabilities": {...}}
     (multiclass), {"value": ...} (regression). `model_output` is None when the model did not run,
     `rules_output` when the rules did not; `inputs` is None when inputs are not logged.
     """

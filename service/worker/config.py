@@ -116,12 +116,54 @@ class DriftConfig(Section):
     on_error: Literal["keep", "clear"] = "keep"
     numeric_p_value: float = Field(0.001, gt=0.0, lt=1.0)
     categorical_p_value: float = Field(0.001, gt=0.0, lt=1.0)
+    # The HTML report costs ~1 s of CPU and ~4 MB: one render serves every caller for this long.
+    report_cache_s: float = Field(60.0, ge=0.0, le=86_400.0)
 
     @model_validator(mode="after")
     def _window_can_reach_min_samples(self) -> DriftConfig:
         if self.min_samples > self.window_size:
             raise ValueError("min_samples must not exceed window_size, or no check ever runs")
         return self
+
+
+class StoreConfig(Section):
+    """The prediction log and the outcomes (service/store/, docs/PERFORMANCE.md)."""
+
+    enabled: bool = True  # restart to change
+    # restart to change. Empty: a SQLite file (WAL) in the state directory, for one instance;
+    # postgresql://user@host:port/db for several instances sharing one log.
+    url: str = ""
+    log_inputs: bool = True  # false: the input row is not stored (outcomes and answers still are)
+    # Field -> "hash" (stored as a salted SHA-256, salt from $MLGUARD_REDACT_SALT) or "drop".
+    redact: dict[str, Literal["hash", "drop"]] = Field(default_factory=dict)
+    retention_days: float = Field(90.0, gt=0.0, le=36_500.0)
+    buffer_rows: int = Field(50_000, ge=100, le=10_000_000)  # restart to change
+    flush_interval_s: float = Field(0.5, gt=0.0, le=60.0)  # restart to change
+    batch_rows: int = Field(1000, ge=1, le=100_000)  # restart to change
+    # An outcome for an id issued this recently that is not in the store yet is accepted (202)
+    # and joined when the row lands; older unknown ids are refused (404).
+    pending_horizon_s: float = Field(300.0, ge=1.0, le=86_400.0)
+
+
+class PerformanceConfig(Section):
+    """Live performance on labelled predictions (monitors/performance/, docs/PERFORMANCE.md)."""
+
+    enabled: bool = True
+    # route: while the model is worse than the rules with confidence, the rules answer
+    # (performance.below_rules); alert: metrics only.
+    action: Literal["route", "alert"] = "alert"
+    # The yardstick's metric; empty: roc_auc (binary), accuracy (multiclass), mae (regression).
+    metric: str = ""
+    window: int = Field(2000, ge=10, le=1_000_000)  # the last N labelled predictions ...
+    max_age_days: float = Field(30.0, gt=0.0, le=3650.0)  # ... made at most this long ago
+    min_labels: int = Field(200, ge=10, le=1_000_000)  # no verdict on fewer labelled rows
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)  # of the model-minus-rules interval
+    check_interval_s: float = Field(30.0, ge=0.2, le=86_400.0)
+    enter_after: int = Field(2, ge=1, le=100)
+    exit_after: int = Field(2, ge=1, le=100)
+    # While routed to the rules, the model still scores this share of rows in the background, so
+    # paired evidence keeps arriving and the route can come back.
+    shadow_ratio: float = Field(0.2, ge=0.0, le=1.0)
 
 
 class FaultsConfig(Section):
@@ -175,6 +217,8 @@ class Settings(BaseSettings):
     model: ModelConfig = ModelConfig()
     circuit: CircuitConfig = CircuitConfig()
     drift: DriftConfig = DriftConfig()
+    store: StoreConfig = StoreConfig()
+    performance: PerformanceConfig = PerformanceConfig()
     faults: FaultsConfig = FaultsConfig()
     logging: LoggingConfig = LoggingConfig()
     reload: ReloadConfig = ReloadConfig()

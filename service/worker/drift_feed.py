@@ -1,5 +1,5 @@
-"""A worker's side of drift monitoring: buffer served rows, flush them to the drift process in the
-background, and keep the routing verdict it answers.
+"""A worker's side of the monitoring process: buffer served rows, flush them to it in the
+background, and keep the routing verdicts it answers (drift, and live performance on labels).
 
 `offer` is the only call on the request path: it appends references to a bounded deque. A task
 on the worker's event loop drains it every flush interval (half a check interval, at most a
@@ -42,6 +42,7 @@ class DriftFeed:
         self._count_error = count_error
         self._buffer: deque[tuple[dict[str, Any], float | str | None]] = deque()
         self._routing = False  # the drift process's last verdict
+        self._below_rules = False  # its last performance verdict (monitors/performance/)
         self._failing = False
         self._last_error_count = -float("inf")
         self._task: asyncio.Task | None = None
@@ -75,6 +76,15 @@ class DriftFeed:
             return False
         return self._routing  # failing with on_error=keep: the last verdict stands
 
+    def below_rules(self, cfg: Settings) -> bool:
+        """Live labels say the model is worse than the rules, and performance.action is route."""
+        perf = cfg.performance
+        if not perf.enabled or perf.action != "route":
+            return False
+        if self._failing and cfg.drift.on_error == "clear":
+            return False
+        return self._below_rules
+
     async def flush(self) -> None:
         """Send what is buffered (possibly nothing) and take the verdict back."""
         batch: list[tuple[dict[str, Any], float | str | None]] = []
@@ -96,6 +106,7 @@ class DriftFeed:
         self._failing = False
         self._contacted = True
         self._routing = bool(answer["routing_to_fallback"])
+        self._below_rules = bool(answer.get("performance_below_rules"))
 
     def _on_failure(self, exc: Exception) -> None:
         now = time.monotonic()
@@ -125,7 +136,9 @@ class DriftFeed:
             self._task = None
 
     async def _tick(self) -> None:
-        if not self._settings().drift.enabled:
+        cfg = self._settings()
+        if not cfg.drift.enabled:
             self._buffer.clear()
-            return
-        await self.flush()
+            if not cfg.performance.enabled:
+                return
+        await self.flush()  # with drift off, an empty flush still fetches the performance verdict

@@ -2,7 +2,9 @@
 `bentoml.depends`, so `bentoml serve` starts it as one separate process beside the API workers.
 
 It holds the one window for all workers, runs the checks (evidently is imported here, never in a
-worker), computes the shadow agreement, and answers each worker's flush with the routing verdict.
+worker), computes the shadow agreement, judges live performance on the labelled predictions in
+the store (service/worker/performance_monitor.py), applies the store's retention, and answers
+each worker's flush with both routing verdicts.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ log = logging.getLogger("mlguard.drift")
 NICENESS = 10
 RETRY_S = 10.0  # between load attempts of a version that failed to load
 FOLLOW_S = 1.0  # how often the process checks which version the workers serve
+RETENTION_S = 600.0  # how often predictions past store.retention_days are deleted
 
 
 def build_drift_service(app: GuardedApp) -> Any:
@@ -58,6 +61,12 @@ def build_drift_service(app: GuardedApp) -> Any:
             self._loader = PeriodicThread("mlguard-drift-model", self._follow, lambda: FOLLOW_S)
             self._follow()
             self._loader.start()
+            self.live_performance, self._retention = _performance_monitor(
+                app, self.config, lambda: self.served
+            )
+
+        def _below_rules(self) -> bool:
+            return self.live_performance is not None and self.live_performance.below_rules()
 
         def _follow(self) -> None:
             wanted = self._wanted or self._tag
@@ -105,7 +114,8 @@ def build_drift_service(app: GuardedApp) -> Any:
             if version and version != UNAVAILABLE:
                 self._wanted = version
             if self.monitor is None or (self._wanted and self.served.version != self._wanted):
-                return {"routing_to_fallback": False, "policy_state": "off"}
+                return {"routing_to_fallback": False, "policy_state": "off",
+                        "performance_below_rules": self._below_rules()}
             policy = self._policy()
             self.monitor.ingest(
                 WindowRow(app.features_of(row), p, _agreed(app, row, p, policy))
@@ -115,7 +125,15 @@ def build_drift_service(app: GuardedApp) -> Any:
             return {
                 "routing_to_fallback": self.monitor.routing_to_fallback(),
                 "policy_state": self.monitor.policy.state.name,
+                "performance_below_rules": self._below_rules(),
             }
+
+        @bentoml.api
+        def performance(self) -> dict[str, Any]:
+            """Live performance on labels: GET /monitoring/performance."""
+            if self.live_performance is None:
+                return {"enabled": False, "reason": "the prediction log is off (store.enabled: false)"}
+            return self.live_performance.report()
 
         @bentoml.api
         def status(self) -> dict[str, Any]:
@@ -136,6 +154,9 @@ def build_drift_service(app: GuardedApp) -> Any:
         @bentoml.on_shutdown
         def shutdown(self) -> None:
             self._loader.stop()
+            if self.live_performance is not None:
+                self.live_performance.stop()
+                self._retention.stop()
             if self.monitor is not None:
                 self.monitor.stop()
             self.config.stop()
@@ -170,6 +191,46 @@ def _monitor(
         app.features, reference, settings, metrics, reference_predictions,
         card.yardstick.get("agreement"),
     )
+
+
+def _performance_monitor(
+    app: GuardedApp, config_store: ConfigStore, served: Callable[[], LoadedModel | None]
+) -> tuple[Any, PeriodicThread | None]:
+    """The live performance monitor and the store's retention, both reading the prediction log;
+    (None, None) when the store is off."""
+    from monitors.metrics import PerformanceMetrics
+    from monitors.performance import Calibration
+    from service.store import open_store
+    from service.worker.admin_state import state_dir_path
+    from service.worker.performance_monitor import PerformanceMonitor
+    from service.worker.prediction_log import store_url
+
+    cfg = config_store.current
+    if not cfg.store.enabled:
+        return None, None
+    store = open_store(store_url(state_dir_path(cfg.admin.state_dir) / app.name, cfg.store), app.name,
+                       connect_now=False)
+
+    def calibration() -> Calibration | None:
+        loaded = served()
+        card = loaded.card.calibration if loaded is not None else None
+        return Calibration.from_dict(card) if card else None
+
+    monitor = PerformanceMonitor(app.task, lambda: config_store.current, store, PerformanceMetrics(),
+                                 calibration)
+    monitor.start()
+
+    def purge() -> None:
+        now, store_cfg = time.time(), config_store.current.store
+        deleted, orphans = store.purge(now - store_cfg.retention_days * 86_400.0,
+                                       now - store_cfg.pending_horizon_s)
+        if deleted or orphans:
+            log.info("retention: %d predictions past %s days and %d orphaned outcomes deleted",
+                     deleted, store_cfg.retention_days, orphans)
+
+    retention = PeriodicThread("mlguard-retention", purge, lambda: RETENTION_S)
+    retention.start()
+    return monitor, retention
 
 
 def _agreed(app: GuardedApp, row: dict[str, Any], prediction: Any, policy: OutputPolicy) -> bool | None:

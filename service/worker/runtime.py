@@ -7,20 +7,22 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
 from monitors.circuit import OPEN, CircuitBreaker, CircuitListener, CircuitMetrics
-from monitors.metrics import Metrics
+from monitors.metrics import Metrics, StoreMetrics
 from service.scoring.faults import FaultyHeuristic, FaultyModel
 from service.scoring.model import LoadedModel
 from service.scoring.model_call import DeadlineModelCall, Scored
-from service.scoring.pipeline import GuardedPipeline
+from service.scoring.pipeline import GuardedPipeline, Recorder, Recorders
 from service.scoring.prediction import UNAVAILABLE
 from service.scoring.recorder import MetricsRecorder
 from service.scoring.router import RoutingState, mode_in_force
 from service.spec import GuardedApp
+from service.store import WriteBehindLog, open_store
 from service.worker.admin_state import AdminStateStore, state_dir_path
 from service.worker.config import Settings, config_path
 from service.worker.config_store import ConfigStore
@@ -28,6 +30,7 @@ from service.worker.drift_feed import DriftFeed
 from service.worker.logs import configure_worker_logging
 from service.worker.model_memory import ModelMemory
 from service.worker.model_slot import ModelSlot
+from service.worker.prediction_log import PredictionLogRecorder, Redactor, store_url
 
 log = logging.getLogger("mlguard.runtime")
 
@@ -86,13 +89,15 @@ class GuardedRuntime:
                       lambda: self.metrics.drift_checks.labels("error").inc())
             if drift_client is not None else None
         )
+        self.store_metrics = StoreMetrics(registry)
+        self.records, self.prediction_log, log_recorder = self._open_store(state_dir)
         self.pipeline = GuardedPipeline(
             app,
             model_call=self.model_call,
             served=lambda: self.slot.current,
             settings=self.settings,
             routing_state=self.routing_state,
-            recorder=MetricsRecorder(self.metrics, app.task, self.drift),
+            recorder=Recorders(MetricsRecorder(self.metrics, app.task, self.drift), log_recorder),
             circuit=self.circuit,
             heuristic=FaultyHeuristic(app.heuristic, self.settings),
             observe=self.slot.observe,
@@ -106,6 +111,31 @@ class GuardedRuntime:
         self.slot.on_swap = lambda outcome: self.metrics.model_swaps.labels(outcome).inc()
         self.slot.on_load_seconds = self.metrics.model_load_seconds.observe
         self._publish_state(self.config.current)
+
+    def _open_store(self, state_dir: Path) -> tuple[Any, WriteBehindLog | None, Recorder]:
+        """The store for /feedback and /predictions, and the write-behind log the pipeline
+        records into; (None, None, a recorder that drops) with `store.enabled: false`."""
+        cfg = self.config.current.store
+        if not cfg.enabled:
+            return None, None, Recorder()
+        redactor = Redactor()
+        redactor.check(cfg)  # a hash without a salt stops the worker here, naming the variable
+        url = store_url(state_dir, cfg)
+        m = self.store_metrics
+        written, dropped = m.log_rows.labels("written"), m.log_rows.labels("dropped")
+        m.store_up.set(1)
+        # Not connected yet: a store that is down must not keep the worker from serving.
+        recorder = PredictionLogRecorder(
+            self.app, lambda items: writer.append(items), lambda: self.slot.current, redactor
+        )
+        writer = WriteBehindLog(
+            open_store(url, self.app.name, connect_now=False),  # its own connection: feedback
+            recorder.prepare,                                   # never waits on a flush
+            capacity=cfg.buffer_rows, batch_rows=cfg.batch_rows, interval_s=cfg.flush_interval_s,
+            on_written=written.inc, on_dropped=dropped.inc,
+            store_up=lambda up: m.store_up.set(1 if up else 0),
+        )
+        return open_store(url, self.app.name, connect_now=False), writer, recorder
 
     def _predict(self, rows: list[dict[str, Any]]) -> Scored:
         """Runs in a model thread: the version in the slot now computes, and says so."""
@@ -139,6 +169,7 @@ class GuardedRuntime:
             config_mode=cfg.routing.mode,
             admin_mode=self.admin.current.mode,
             drift_active=self.drift is not None and self.drift.drift_active(cfg),
+            below_rules=self.drift is not None and self.drift.below_rules(cfg),
             model_available=self.slot.current is not None,
         )
 
@@ -186,6 +217,8 @@ class GuardedRuntime:
 
     def start(self) -> None:
         self.config.start()
+        if self.prediction_log is not None:
+            self.prediction_log.start()
         self.slot.start_retrying()
         if self.drift is not None:
             self.drift.start()
@@ -196,6 +229,10 @@ class GuardedRuntime:
         if self.drift is not None:
             self.drift.stop()
         self.model_call.shutdown()
+        if self.prediction_log is not None:
+            self.prediction_log.stop(timeout_s=5.0)  # what cannot be written by then is counted dropped
+        if self.records is not None:
+            self.records.close()
 
 
 SWAP_OUTCOMES = ("swapped", "failed", "rolled_back")

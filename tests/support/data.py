@@ -1,12 +1,30 @@
 """Rows of the reference data set as the service receives them."""
 from __future__ import annotations
 
+from functools import cache
+
 from apps.credit.app import CREDIT_APP
-from apps.credit.data import load_credit_data, to_rows
+from apps.credit.data import TARGET, load_credit_data, split_data, to_rows
 
 
 def credit_rows() -> list[dict]:
     return to_rows(load_credit_data(), CREDIT_APP.features.names)
+
+
+@cache
+def _test_split() -> tuple[list[dict], list[str]]:
+    test = split_data(load_credit_data()).test
+    return to_rows(test, CREDIT_APP.features.names), test[TARGET].astype(str).tolist()
+
+
+def held_out_rows(n: int, start: int = 0) -> list[dict]:
+    """Rows of the test split, which the model never saw (in distribution: no drift)."""
+    return _test_split()[0][start : start + n]
+
+
+def held_out_outcomes(n: int, start: int = 0) -> list[str]:
+    """The true outcomes (good/bad) of the same rows."""
+    return _test_split()[1][start : start + n]
 
 
 GOOD_ROW = {

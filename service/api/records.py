@@ -1,0 +1,169 @@
+"""Outcomes and the prediction log over HTTP: a small Starlette app mounted at the root.
+
+POST   /feedback                 {"request_id": "...", "outcome": ...} or {"outcomes": [...]}
+                                 with `Authorization: Bearer <MLGUARD_FEEDBACK_TOKEN>`
+GET    /predictions/{request_id} the record a complaint quotes: answer, reasons, outcome
+                                 (monitoring token, or the admin token)
+DELETE /predictions/{request_id} erase one prediction and its outcome (admin token)
+
+One outcome: 200 recorded (or the same outcome again: duplicate), 202 pending (the id was issued
+within `store.pending_horizon_s` and its row is still in some worker's write buffer: stored now,
+joined when the row lands), 404 never issued, 409 a different outcome is already recorded. A
+batch answers 200 with each id's status. An acknowledged outcome is committed before the answer.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from service.api.auth import admin_auth, feedback_auth, monitoring_auth
+from service.scoring.prediction import issued_at
+from service.store import FeedbackResult, Outcome
+
+STATUS_CODES = {
+    FeedbackResult.RECORDED: 200,
+    FeedbackResult.DUPLICATE: 200,
+    FeedbackResult.PENDING: 202,
+    FeedbackResult.UNKNOWN: 404,
+    FeedbackResult.CONFLICT: 409,
+}
+
+
+class OutcomeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(min_length=1, max_length=64)
+    outcome: str | float | int
+
+
+class OutcomeBatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    outcomes: list[OutcomeIn] = Field(min_length=1)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def check_outcome(task: Any, outcome: Any) -> str | float:
+    """The outcome as stored: a declared class (classification) or a finite number (regression)."""
+    if task.kind == "regression":
+        if isinstance(outcome, bool) or not isinstance(outcome, int | float) or not math.isfinite(outcome):
+            raise ValueError(f"outcome must be a finite number, got {outcome!r}")
+        return float(outcome)
+    if not isinstance(outcome, str) or outcome not in task.classes:
+        raise ValueError(f"outcome must be one of the classes {list(task.classes)}, got {outcome!r}")
+    return outcome
+
+
+def records_app(runtime: Callable[[], Any]) -> Starlette:
+    """`runtime` returns this worker's GuardedRuntime (None until the worker has built it)."""
+    feedback_token, read_token, delete_token = feedback_auth(), monitoring_auth(), admin_auth()
+
+    def store_of() -> tuple[Any, JSONResponse | None]:
+        rt = runtime()
+        if rt is None:
+            return None, _error(503, "worker starting")
+        if rt.records is None:
+            return None, _error(503, "the prediction log is off (store.enabled: false)")
+        return rt, None
+
+    async def feedback(request: Request) -> JSONResponse:
+        rt, refused = store_of()
+        if refused is not None:
+            return refused
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "body must be JSON")
+        batch = isinstance(body, dict) and "outcomes" in body
+        try:
+            items = OutcomeBatchIn.model_validate(body).outcomes if batch else [OutcomeIn.model_validate(body)]
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "body"
+            rt.store_metrics.feedback.labels("invalid").inc()
+            return _error(400, f"{where}: {err['msg']}")
+        cfg = rt.settings()
+        if len(items) > cfg.server.max_batch_size:
+            rt.store_metrics.feedback.labels("invalid").inc(len(items))
+            return _error(400, f"outcomes: {len(items)} items, more than the limit of "
+                               f"{cfg.server.max_batch_size}")
+        try:
+            values = [check_outcome(rt.app.task, item.outcome) for item in items]
+        except ValueError as exc:
+            rt.store_metrics.feedback.labels("invalid").inc(len(items))
+            return _error(400, str(exc))
+        now = time.time()
+        horizon = cfg.store.pending_horizon_s
+        entries = []
+        for item, value in zip(items, values):
+            issued = issued_at(item.request_id)
+            entries.append(Outcome(item.request_id, value, now,
+                                   pending_ok=issued is not None and now - issued <= horizon))
+        try:
+            results = await run_in_threadpool(rt.records.add_outcomes, entries)
+        except Exception as exc:  # noqa: BLE001 -- the store is down: the caller must retry
+            return _error(503, f"the store is unreachable, retry later ({type(exc).__name__})")
+        for entry, result in zip(entries, results):
+            rt.store_metrics.feedback.labels(result.value).inc()
+            issued = issued_at(entry.request_id)
+            if issued is not None and result in (FeedbackResult.RECORDED, FeedbackResult.PENDING):
+                rt.store_metrics.label_delay.observe(max(0.0, now - issued))
+        if batch:
+            counts: dict[str, int] = {r.value: 0 for r in FeedbackResult}
+            for r in results:
+                counts[r.value] += 1
+            return JSONResponse({
+                "counts": counts,
+                "results": [{"request_id": e.request_id, "status": r.value}
+                            for e, r in zip(entries, results)],
+            })
+        (entry,), (result,) = entries, results
+        body = {"request_id": entry.request_id, "status": result.value, "outcome": entry.outcome}
+        if result is FeedbackResult.UNKNOWN:
+            body["error"] = "no prediction was issued with this request_id"
+        elif result is FeedbackResult.CONFLICT:
+            body["error"] = "a different outcome is already recorded for this request_id"
+        return JSONResponse(body, status_code=STATUS_CODES[result])
+
+    async def get_prediction(request: Request) -> JSONResponse:
+        rt, refused = store_of()
+        if refused is not None:
+            return refused
+        request_id = request.path_params["request_id"]
+        try:
+            record = await run_in_threadpool(rt.records.get, request_id)
+        except Exception as exc:  # noqa: BLE001
+            return _error(503, f"the store is unreachable, retry later ({type(exc).__name__})")
+        if record is None:
+            return _error(404, f"no prediction {request_id} in the log (unknown, deleted, past "
+                               "retention, or still in a write buffer for a moment)")
+        return JSONResponse(record)
+
+    async def delete_prediction(request: Request) -> JSONResponse:
+        rt, refused = store_of()
+        if refused is not None:
+            return refused
+        request_id = request.path_params["request_id"]
+        try:
+            deleted = await run_in_threadpool(rt.records.delete, request_id)
+        except Exception as exc:  # noqa: BLE001
+            return _error(503, f"the store is unreachable, retry later ({type(exc).__name__})")
+        if not deleted:
+            return _error(404, f"no prediction {request_id} in the log")
+        return JSONResponse({"request_id": request_id, "deleted": True})
+
+    return Starlette(routes=[
+        Route("/feedback", feedback_token.protect(feedback), methods=["POST"]),
+        Route("/predictions/{request_id}", read_token.protect(get_prediction), methods=["GET"]),
+        Route("/predictions/{request_id}", delete_token.protect(delete_prediction), methods=["DELETE"]),
+    ])
