@@ -85,9 +85,11 @@ def render_kustomization(plugin: Plugin) -> str:
     listed = "".join(f"  - {name}\n" for name in resources)
     return (
         f"# Generated for {plugin.target} by `make k8s-sync APP=...`; edit scripts/sync_kubernetes.py.\n"
-        "# `kubectl apply -k deploy/kubernetes` (docs/DEPLOY.md); the monitoring/ resources need the\n"
-        "# Prometheus Operator's CRDs and are applied separately. Pin the image in an overlay of your\n"
-        "# own (`kustomize edit set image mlguard-app=registry.example.com/<name>:<version>`).\n"
+        "# `kubectl apply -k deploy/kubernetes` (docs/DEPLOY.md) once the Secret mlguard-store holds\n"
+        "# the PostgreSQL URL (key url; to try without a PostgreSQL of your own:\n"
+        "# deploy/overlays/with-postgres). The monitoring/ resources need the Prometheus Operator's\n"
+        "# CRDs and are applied separately. Pin the image in an overlay of your own\n"
+        "# (`kustomize edit set image mlguard-app=registry.example.com/<name>:<version>`).\n"
         "apiVersion: kustomize.config.k8s.io/v1beta1\n"
         "kind: Kustomization\n"
         "resources:\n"
