@@ -1,6 +1,10 @@
-"""The admin API over real HTTP: state, the bearer token, every worker, and a restart."""
+"""The admin API over real HTTP: state, the bearer token, every worker, a restart, the history.
+
+Here the override lives in the single-instance file (no PostgreSQL store.url);
+tests/test_fleet_override.py covers the override shared through PostgreSQL."""
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -33,8 +37,15 @@ def _state(server: ServerProcess) -> dict:
     return r.json()
 
 
-def _route_to(server: ServerProcess, mode: str) -> httpx.Response:
-    return httpx.post(f"{server.url}/admin/routing", json={"mode": mode}, headers=AUTH, timeout=10)
+def _route_to(server: ServerProcess, mode: str, **said: str) -> httpx.Response:
+    return httpx.post(
+        f"{server.url}/admin/routing", json={"mode": mode, **said}, headers=AUTH, timeout=10
+    )
+
+
+def _history(server: ServerProcess, query: str = "", headers: dict | None = None) -> httpx.Response:
+    return httpx.get(f"{server.url}/admin/routing/history{query}",
+                     headers=AUTH if headers is None else headers, timeout=10)
 
 
 def _every_worker_reports(server: ServerProcess, admin_mode: str | None, timeout_s: float = 15) -> bool:
@@ -92,6 +103,29 @@ def test_bad_body_is_400(admin_server: ServerProcess, body: bytes) -> None:
     assert "mode" in r.json()["error"]
 
 
+@pytest.mark.parametrize(
+    ("said", "field"),
+    [({"actor": "a" * 101}, "actor"), ({"reason": "r" * 501}, "reason"), ({"actor": 7}, "actor"),
+     ({"who": "alice"}, "who")],
+)
+def test_actor_and_reason_are_bounded_strings(
+    admin_server: ServerProcess, said: dict, field: str
+) -> None:
+    r = _route_to(admin_server, "fallback", **said)
+    assert r.status_code == 400, r.text
+    assert f"{field}: " in r.json()["error"]
+    assert _state(admin_server)["mode"]["admin"] is None  # nothing changed
+
+
+def test_history_needs_the_admin_token(server: ServerProcess, admin_server: ServerProcess) -> None:
+    assert _history(server).status_code == 403  # no token configured: disabled
+    assert _history(admin_server, headers={}).status_code == 401
+    assert _history(admin_server, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    for bad in ("?limit=0", "?limit=1001", "?limit=ten"):
+        r = _history(admin_server, bad)
+        assert r.status_code == 400 and "limit" in r.json()["error"], (bad, r.text)
+
+
 def test_get_only_state_and_post_only_routing(admin_server: ServerProcess) -> None:
     assert httpx.post(f"{admin_server.url}/admin/state", headers=AUTH).status_code == 405
     assert httpx.get(f"{admin_server.url}/admin/routing", headers=AUTH).status_code == 405
@@ -100,14 +134,21 @@ def test_get_only_state_and_post_only_routing(admin_server: ServerProcess) -> No
 def test_fallback_reaches_every_worker_is_logged_and_survives_a_restart(
     admin_server: ServerProcess,
 ) -> None:
-    r = _route_to(admin_server, "fallback")
+    assert _history(admin_server).json() == {"app": "credit_risk", "changes": []}
+    before = time.time()
+    r = _route_to(admin_server, "fallback", actor="alice", reason="release 42 misbehaves")
     assert r.status_code == 200, r.text
     assert r.json()["mode"]["effective"] == "fallback"
     assert r.json()["mode"]["admin_changed_by"] == "127.0.0.1"
+    change = r.json()["change"]
+    assert (change["mode"], change["actor"], change["source"], change["reason"]) == (
+        "fallback", "alice", "127.0.0.1", "release 42 misbehaves")
+    assert before <= change["changed_at"] <= time.time()
     assert _every_worker_reports(admin_server, "fallback")
     answer = httpx.post(f"{admin_server.url}/predict", json=GOOD_ROW).json()
     assert answer["route"] == "heuristic" and answer["reasons"] == ["admin.forced"]
-    assert "admin routing override None -> fallback by 127.0.0.1" in admin_server.log_text()
+    assert ("admin routing override None -> fallback by 127.0.0.1 "
+            "(actor 'alice', reason 'release 42 misbehaves')") in admin_server.log_text()
     # The dashboard's "routing mode" shows the mode in force, override included, in every worker.
     samples = scrape(admin_server.url)
     assert total(samples, "mlguard_routing_mode", mode="fallback") == 1
@@ -119,10 +160,19 @@ def test_fallback_reaches_every_worker_is_logged_and_survives_a_restart(
     try:
         assert _every_worker_reports(again, "fallback")
         assert httpx.post(f"{again.url}/predict", json=GOOD_ROW).json()["reasons"] == ["admin.forced"]
-        assert _route_to(again, "auto").status_code == 200
+        assert _route_to(again, "auto").status_code == 200  # actor and reason are optional
         assert _every_worker_reports(again, "auto")
         assert httpx.post(f"{again.url}/predict", json=GOOD_ROW).json()["route"] == "model"
         assert "admin routing override fallback -> auto by 127.0.0.1" in again.log_text()
+        assert "auto by 127.0.0.1 (actor" not in again.log_text()  # nothing said, none logged
+        # The file keeps the history across the restart: newest first, `limit` honoured.
+        changes = _history(again).json()["changes"]
+        assert [(c["mode"], c["actor"], c["reason"], c["source"]) for c in changes] == [
+            ("auto", None, None, "127.0.0.1"),
+            ("fallback", "alice", "release 42 misbehaves", "127.0.0.1"),
+        ]
+        assert changes[0]["changed_at"] > changes[1]["changed_at"] == change["changed_at"]
+        assert _history(again, "?limit=1").json()["changes"] == changes[:1]
     finally:
         again.stop()
 
@@ -147,3 +197,38 @@ def test_state_file_is_shared_through_the_watcher_and_bad_edits_are_ignored(tmp_
     assert reader.watched.poll() and reader.current.mode is None
     with pytest.raises(ValueError):
         writer.set_mode("sideways", "10.0.0.7")
+
+
+def test_the_file_keeps_a_short_history_and_loads_files_written_before_it(tmp_path) -> None:
+    from service.worker.admin_state import FILE_HISTORY, AdminStateStore
+
+    store = AdminStateStore(tmp_path)
+    assert store.history() == []
+    # A file written by an mlguard without actor, reason and history still loads.
+    store.path.write_text('{"mode": "fallback", "changed_by": "10.0.0.1", "changed_at": 1.0}')
+    assert store.watched.poll() and store.current.mode == "fallback"
+    assert store.current.actor is None and store.history() == []
+
+    for i in range(FILE_HISTORY + 5):
+        store.set_mode(("auto", "fallback")[i % 2], f"10.0.0.{i % 250}", actor=f"op{i}")
+    kept = store.history(limit=1000)
+    assert len(kept) == FILE_HISTORY  # the oldest fall off: the file stays a few KB
+    assert [c.actor for c in kept[:2]] == [f"op{FILE_HISTORY + 4}", f"op{FILE_HISTORY + 3}"]
+    assert kept[-1].actor == "op5"
+    assert store.history(limit=3) == kept[:3]
+    assert store.path.stat().st_size < 20_000
+
+    store.path.write_text('{"mode": "auto", "history": "not a list"}')  # a hand edit gone wrong
+    assert store.history() == []
+    store.set_mode("fallback", "10.0.0.9", reason="after a bad edit")  # starts a new history
+    assert [c.reason for c in store.history()] == ["after a bad edit"]
+
+
+def test_an_unwritable_state_dir_changes_nothing(tmp_path) -> None:
+    from service.worker.admin_state import AdminStateStore, AdminStateUnavailable
+
+    (tmp_path / "not_a_dir").write_text("")
+    store = AdminStateStore(tmp_path / "not_a_dir")
+    with pytest.raises(AdminStateUnavailable, match="not written"):  # the API answers 503
+        store.set_mode("fallback", "10.0.0.7")
+    assert store.current.mode is None

@@ -20,7 +20,7 @@ from service.store import (
     open_store,
 )
 from service.store.export import export_labelled
-from service.store.schema import MIGRATIONS, Migration, migrate, schema_version
+from service.store.schema import MIGRATIONS, Migration, latest_version, migrate, schema_version
 from service.store.urls import parse_store_url
 from tests.support.postgres import fresh_database, server_address, via_port
 from tests.support.tcp_proxy import TcpProxy
@@ -99,9 +99,10 @@ def test_concurrent_starts_migrate_once(store_url: str) -> None:
     for t in threads:
         t.join()
     assert errors == []
-    assert versions(stores[0]) == [1]
-    assert migrate(stores[0].db) == 1  # again: nothing to do
-    assert versions(stores[0]) == [1]
+    every = list(range(1, latest_version() + 1))
+    assert versions(stores[0]) == every
+    assert migrate(stores[0].db) == latest_version()  # again: nothing to do
+    assert versions(stores[0]) == every
     for s in stores:
         s.close()
 
@@ -109,19 +110,20 @@ def test_concurrent_starts_migrate_once(store_url: str) -> None:
 def test_a_new_migration_upgrades_and_a_newer_schema_is_refused(store_url: str) -> None:
     with open_store(store_url, APP) as old:
         old.write([record("kept")])
-        assert schema_version(old.db) == 1
-    extra = Migration(2, "test only", (
+        assert schema_version(old.db) == latest_version()
+    known = latest_version()
+    extra = Migration(known + 1, "test only", (
         "ALTER TABLE mlguard_predictions ADD COLUMN note TEXT",
         "CREATE TABLE mlguard_test_extra (id TEXT PRIMARY KEY)",
     ))
     with open_store(store_url, APP, migrations=(*MIGRATIONS, extra)) as upgraded:
-        assert versions(upgraded) == [1, 2]
+        assert versions(upgraded) == list(range(1, known + 2))
         assert upgraded.get("kept")["request_id"] == "kept"  # the rows survive the upgrade
         with upgraded.db.transaction() as cur:
             cur.execute("INSERT INTO mlguard_test_extra (id) VALUES (?)", ("x",))
             cur.execute("UPDATE mlguard_predictions SET note = ? WHERE request_id = ?", ("n", "kept"))
-    # This mlguard knows version 1 only: it refuses, at start or at the first call.
-    with pytest.raises(SchemaTooNewError, match="schema version 2.*up to 1"):
+    # This mlguard knows fewer versions: it refuses, at start or at the first call.
+    with pytest.raises(SchemaTooNewError, match=f"schema version {known + 1}.*up to {known}"):
         open_store(store_url, APP)
     lazy = open_store(store_url, APP, connect_now=False)
     with pytest.raises(SchemaTooNewError):

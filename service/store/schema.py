@@ -63,6 +63,40 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX mlguard_outcomes_app_received ON mlguard_outcomes (app, received_at)",
         ),
     ),
+    # What a fleet of instances shares besides the log: the operator's override (one row per
+    # plug-in, service/store/routing.py) with every change kept, and the fleet's drift verdict
+    # (one row per plug-in and kind of verdict, written by the instance that judges).
+    Migration(
+        2,
+        "fleet state: routing override, its history, fleet verdicts",
+        (
+            """CREATE TABLE mlguard_routing (
+                app TEXT PRIMARY KEY,
+                mode TEXT NOT NULL,
+                actor TEXT,
+                source TEXT,
+                reason TEXT,
+                changed_at DOUBLE PRECISION NOT NULL
+            )""",
+            """CREATE TABLE mlguard_routing_history (
+                app TEXT NOT NULL,
+                changed_at DOUBLE PRECISION NOT NULL,
+                mode TEXT NOT NULL,
+                actor TEXT,
+                source TEXT,
+                reason TEXT,
+                PRIMARY KEY (app, changed_at)
+            )""",
+            """CREATE TABLE mlguard_fleet_verdicts (
+                app TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                judge TEXT NOT NULL,
+                checked_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (app, kind)
+            )""",
+        ),
+    ),
 )
 
 

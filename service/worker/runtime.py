@@ -23,7 +23,7 @@ from service.scoring.recorder import MetricsRecorder
 from service.scoring.router import RoutingState, mode_in_force
 from service.spec import GuardedApp
 from service.store import WriteBehindLog, open_store
-from service.worker.admin_state import AdminStateStore, state_dir_path
+from service.worker.admin_state import open_admin_state, state_dir_path
 from service.worker.config import Settings, config_path
 from service.worker.config_store import ConfigStore
 from service.worker.drift_feed import DriftFeed
@@ -66,12 +66,14 @@ class GuardedRuntime:
         self.config.subscribe(
             lambda old, new: self.slot.request(model_tag(app, new), old.model != new.model)
         )
-        # The operator's override and the model memory live in files every worker polls with the
-        # config.
-        self.admin = AdminStateStore(
-            state_dir, on_change=lambda state: self._publish_state(self.settings())
+        # The operator's override: shared by every instance through a PostgreSQL store, else a
+        # file every worker polls with the config (admin_state.py); read before the worker serves.
+        self.admin = open_admin_state(
+            self.config.current.store.url, state_dir, app.name,
+            on_change=lambda state: self._publish_state(self.settings()),
         )
-        self.config.watch(self.admin.watched)
+        self.admin.follow(self.config.watch)
+        # The model memory lives in a file every worker polls with the config.
         self.config.watch(self.memory.watched)
         self.circuit = CircuitBreaker(
             lambda: self.settings().circuit,
@@ -188,6 +190,8 @@ class GuardedRuntime:
                 "admin": state.admin_mode,
                 "admin_changed_by": self.admin.current.changed_by,
                 "admin_changed_at": self.admin.current.changed_at,
+                "admin_actor": self.admin.current.actor,
+                "admin_reason": self.admin.current.reason,
             },
             "model": {
                 "tag": self.slot.tag,
@@ -225,6 +229,7 @@ class GuardedRuntime:
 
     def stop(self) -> None:
         self.config.stop()
+        self.admin.stop()
         self.slot.stop()
         if self.drift is not None:
             self.drift.stop()
