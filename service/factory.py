@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse
 from service.api.admin import admin_app
 from service.api.api_models import answer_model, batch_answer_model, batch_request_model
 from service.api.body_limit import BodyLimit
+from service.api.client_identity import ClientIdentity
 from service.api.json_only import JsonOnly
 from service.api.monitoring import monitoring_app
 from service.api.records import records_app
@@ -108,4 +109,5 @@ def guard(app: GuardedApp) -> Any:
     )
     service.add_asgi_middleware(BodyLimit, max_body_bytes=settings.server.max_body_bytes)
     service.add_asgi_middleware(JsonOnly)
+    service.add_asgi_middleware(ClientIdentity)  # who sent the rows, for the drift window's cap
     return service

@@ -1,5 +1,6 @@
 """Drift building blocks without a server: policy hysteresis, window bounds, category buckets,
-the check on frames, the monitor's failure handling and a worker's feed."""
+the check on frames, the monitor's failure handling, a worker's feed, and the window's defences
+against one client (duplicates counted once, a capped share per client)."""
 from __future__ import annotations
 
 import asyncio
@@ -15,11 +16,12 @@ from monitors.drift.buckets import OTHER, CategoryBuckets
 from monitors.drift.check import DriftCheck
 from monitors.drift.monitor import DriftMonitor
 from monitors.drift.policy import DriftPolicy, Hysteresis
-from monitors.drift.window import DriftWindow, WindowRow, agreement_ratio
+from monitors.drift.window import DriftWindow, WindowRow, agreement_ratio, row_key
 from monitors.metrics import DriftMetrics
+from service.api.client_identity import ClientIdentity
 from service.scoring.prediction import Prediction
 from service.worker.config import DriftConfig, Settings
-from service.worker.drift_feed import DriftFeed
+from service.worker.drift_feed import REQUEST_HEADERS, DriftFeed, request_client
 
 CREDIT_FEATURES = CREDIT_APP.features
 
@@ -189,10 +191,12 @@ class _LiveDrift:
         self.received: list[list[dict]] = []
         self.predictions: list[list] = []
         self.versions: list[str | None] = []
+        self.clients: list[list[str | None] | None] = []
         self.to_async = self
 
-    async def ingest(self, rows, predictions, version=None):
+    async def ingest(self, rows, predictions, version=None, clients=None):
         self.received.append(rows)
+        self.clients.append(clients)
         self.predictions.append(predictions)
         self.versions.append(version)
         return {"routing_to_fallback": self.routing, "policy_state": "drifted"}
@@ -254,3 +258,159 @@ def test_config_rejects_a_window_that_can_never_reach_min_samples() -> None:
     with pytest.raises(ConfigError, match="on_error"):
         parse("drift:\n  on_error: maybe\n")
     assert parse("drift:\n  action: alert\n").drift.action == "alert"
+
+
+# One client must not steer the window (docs/DRIFT.md): duplicates count once, a client's share is capped.
+
+def _row(x: float, client: str | None = None, **extra) -> WindowRow:
+    return WindowRow({"x": x, **extra}, None, None, client)
+
+
+def _xs(window: DriftWindow) -> list:
+    return [r.features["x"] for r in window.snapshot()]
+
+
+def test_window_counts_an_identical_row_once_and_keeps_its_place() -> None:
+    window = DriftWindow(5)
+    window.extend([_row(1), _row(2), _row(1), _row(1), _row(3)])
+    assert _xs(window) == [1, 2, 3]  # the repeats were not admitted; the first copy kept its place
+    assert window.duplicates == 2
+    window.extend(_row(x) for x in (4, 5, 6))  # 1 ages out like any other row...
+    assert _xs(window) == [2, 3, 4, 5, 6]
+    window.extend([_row(1)])  # ...and, gone, it is admitted again
+    assert _xs(window) == [3, 4, 5, 6, 1] and window.duplicates == 2
+
+
+def test_window_key_is_the_checked_features_nan_included() -> None:
+    key = row_key(["x", "y"])
+    window = DriftWindow(10, key=key)
+    window.extend([
+        WindowRow({"x": 1.0, "y": "a", "noise": 1}, None, None),
+        WindowRow({"x": 1.0, "y": "a", "noise": 2}, None, None),  # differs only outside the schema
+        WindowRow({"x": float("nan"), "y": "a"}, None, None),
+        WindowRow({"x": float("nan"), "y": "a"}, None, None),  # nan != nan, yet the same row
+        WindowRow({"x": 1.0, "y": "b"}, None, None),
+    ])
+    assert len(window) == 3 and window.duplicates == 2
+    assert key({"x": 1.0, "y": "a"}) == row_key(["x", "y"])({"y": "a", "x": 1.0})  # order of the dict
+
+
+def test_a_client_at_its_cap_loses_its_own_oldest_rows() -> None:
+    window = DriftWindow(50, max_client_share=0.1)  # 5 rows per identified client
+    assert window.client_cap == 5
+    window.extend(_row(i, "c" if i % 2 else None) for i in range(4))
+    window.extend(_row(100 + i, "a") for i in range(20))
+    window.extend(_row(200 + i) for i in range(10))  # no identity: not capped
+    assert window.clients() == {"c": 2, "a": 5}
+    assert [x for x in _xs(window) if 100 <= x < 200] == [115, 116, 117, 118, 119]  # its newest
+    assert window.capped == 15
+    assert _xs(window)[:4] == [0, 1, 2, 3]  # the others' rows kept their places
+    window.extend([_row(119, "b")])  # a's row sent again by b: still counted once, still a's
+    assert window.clients() == {"c": 2, "a": 5} and window.duplicates == 1
+
+
+def test_eviction_order_oldest_overall_unless_a_client_is_at_its_cap() -> None:
+    window = DriftWindow(6, max_client_share=0.5)  # 3 per client
+    window.extend([_row(1, "a"), _row(2, "b"), _row(3, "a"), _row(4), _row(5, "a"), _row(6, "b")])
+    window.extend([_row(7, "a")])  # a holds 3: its oldest (1) goes, not the window's
+    assert _xs(window) == [2, 3, 4, 5, 6, 7]
+    window.extend([_row(8)])  # full, no cap involved: the oldest overall (b's 2) goes
+    assert _xs(window) == [3, 4, 5, 6, 7, 8]
+    assert window.clients() == {"a": 3, "b": 1}
+    window.extend([_row(9, "b"), _row(10, "b")])  # b under its cap: the oldest overall go (3, 4)
+    assert _xs(window) == [5, 6, 7, 8, 9, 10] and window.clients() == {"a": 2, "b": 3}
+
+
+def test_resize_applies_a_lower_cap_keeping_each_clients_newest() -> None:
+    window = DriftWindow(20, max_client_share=1.0)
+    window.extend(_row(i, "a") for i in range(10))
+    window.extend(_row(100 + i) for i in range(5))
+    window.resize(20, max_client_share=0.2)  # 4 per client
+    assert _xs(window) == [6, 7, 8, 9, 100, 101, 102, 103, 104]
+    window.resize(5)  # the newest 5 overall; a keeps what is left of it
+    assert _xs(window) == [100, 101, 102, 103, 104] and window.clients() == {}
+    window.clear()
+    assert len(window) == 0 and window.clients() == {}
+
+
+def test_one_client_repeating_one_row_cannot_fill_the_monitors_window(split) -> None:
+    """The measured incident: one application sent 423 times filled the window and routed."""
+    monitor = _monitor(split, CollectorRegistry(), enter_after=1)
+    row = split.validation[CREDIT_FEATURES.names].iloc[0].to_dict()
+    monitor.ingest(WindowRow(dict(row), None, None) for _ in range(423))
+    assert len(monitor.window) == 1
+    assert monitor.check_once() == "insufficient_data" and not monitor.routing_to_fallback()
+    assert monitor.status()["duplicates_dropped"] == 422
+
+
+def test_one_client_replaying_shifted_rows_holds_only_its_share(split) -> None:
+    names = CREDIT_FEATURES.names
+    monitor = _monitor(split, CollectorRegistry(), enter_after=1)  # window 300, cap 0.1 → 30
+    monitor.ingest(_rows(split.validation[names].iloc[:300]))
+    shifted = split.test[names].iloc[:300].copy()
+    for column in ("income", "assets", "debt", "amount", "price"):
+        shifted[column] = shifted[column] * 1.5
+    for _ in range(3):  # replayed three times
+        monitor.ingest(WindowRow(r, None, None, "replayer") for r in shifted.to_dict("records"))
+    status = monitor.status()
+    assert monitor.window.clients() == {"replayer": 30}
+    assert status["largest_client_share"] == 0.1 and status["window_clients"] == 1
+    assert monitor.check_once() == "no_drift" and not monitor.routing_to_fallback()
+    # The same rows from many clients are a population: they fill the window and route.
+    monitor.ingest(WindowRow(r, None, None, f"client-{i}") for i, r in enumerate(shifted.to_dict("records")))
+    held = monitor.window.clients()
+    assert held.pop("replayer") == 30 and len(held) == 270  # its 30 rows were theirs too: counted once
+    assert monitor.check_once() == "drift" and monitor.routing_to_fallback()
+
+
+def _headers(**pairs: str) -> list[tuple[bytes, bytes]]:
+    return [(b"host", b"x")] + [(k.replace("_", "-").encode(), v.encode()) for k, v in pairs.items()]
+
+
+def test_request_client_reads_the_configured_header_or_the_proxys_address() -> None:
+    token = REQUEST_HEADERS.set(_headers(x_api_key="secret-key-1", x_forwarded_for="6.6.6.6, 10.0.0.7"))
+    try:
+        assert request_client(DriftConfig()) is None  # nothing configured: no identity
+        by_key = request_client(DriftConfig(client_header="X-API-Key"))
+        assert by_key and "secret" not in by_key and len(by_key) == 16  # a digest, never the value
+        assert by_key == request_client(DriftConfig(client_header="x-api-key", trust_forwarded_for=True))
+        by_addr = request_client(DriftConfig(trust_forwarded_for=True))
+        # The address the trusted proxy appended (last), not what the client wrote before it.
+        REQUEST_HEADERS.set(_headers(x_forwarded_for="1.2.3.4, 10.0.0.7"))
+        assert request_client(DriftConfig(trust_forwarded_for=True)) == by_addr
+        REQUEST_HEADERS.set(_headers(x_forwarded_for="10.0.0.8"))
+        assert request_client(DriftConfig(trust_forwarded_for=True)) not in (None, by_addr)
+        assert request_client(DriftConfig(client_header="x-api-key")) is None  # not sent: unknown
+    finally:
+        REQUEST_HEADERS.reset(token)
+    assert request_client(DriftConfig(client_header="x-api-key")) is None  # outside a request
+
+
+def test_feed_carries_each_rows_hashed_client_to_the_drift_process() -> None:
+    cfg = _settings(client_header="x-api-key")
+    live = _LiveDrift(routing=False)
+    feed = DriftFeed(lambda: live, lambda: "m:1", lambda: cfg, lambda: None)
+    p = _prediction()
+    feed.offer([{"a": 0}], [p], cfg)  # outside any request: no identity
+    token = REQUEST_HEADERS.set(_headers(x_api_key="k1"))
+    feed.offer([{"a": 1}, {"a": 2}], [p, p], cfg)
+    REQUEST_HEADERS.reset(token)
+    asyncio.run(feed.flush())
+    (clients,) = live.clients
+    assert clients[0] is None and clients[1] == clients[2] and clients[1] != "k1"
+    feed.offer([{"a": 3}], [p], cfg)
+    asyncio.run(feed.flush())
+    assert live.clients[1] is None  # no row identified: the argument is left out
+
+
+def test_client_identity_middleware_exposes_the_headers_for_the_request_only() -> None:
+    seen: list = []
+
+    async def app(scope, receive, send) -> None:
+        seen.append(REQUEST_HEADERS.get())
+
+    headers = _headers(x_api_key="k")
+    middleware = ClientIdentity(app)
+    asyncio.run(middleware({"type": "http", "headers": headers}, None, None))
+    asyncio.run(middleware({"type": "lifespan"}, None, None))
+    assert seen == [headers, None] and REQUEST_HEADERS.get() is None

@@ -1,6 +1,6 @@
 """The drift monitor: the one window, a checker thread, the policy and the drift metrics.
 
-It lives in the drift process only. Ingest appends to the window (cheap, called per flush from
+It lives in the drift process only. Ingest admits rows to the window (cheap, called per flush from
 every worker); the checker thread runs a check every `check_interval_s`; `status()` is what the
 workers route on and what GET /monitoring/drift shows.
 """
@@ -21,6 +21,7 @@ from monitors.drift.window import (
     agreement_ratio,
     features_frame,
     predictions,
+    row_key,
 )
 from monitors.features import FeatureSchema
 from monitors.metrics import DriftMetrics
@@ -46,7 +47,8 @@ class DriftMonitor:
         self.reference_predictions = reference_predictions
         self.agreement_baseline = agreement_baseline
         cfg = settings()
-        self.window = DriftWindow(cfg.window_size)
+        # A row is "the same" when the features the check compares are (extra fields do not count).
+        self.window = DriftWindow(cfg.window_size, cfg.max_client_share, row_key(schema.names))
         self.policy = DriftPolicy(self._hysteresis)
         self.policy.on_transition(lambda old, new: log.warning("drift policy: %s -> %s", old, new))
         self.last: DriftResult | None = None
@@ -74,12 +76,19 @@ class DriftMonitor:
         return self._check[1]
 
     def ingest(self, rows: Iterable[WindowRow]) -> None:
+        """Admit served rows: each distinct feature row once, no client beyond its share."""
+        cfg = self.settings()
+        self.window.resize(cfg.window_size, cfg.max_client_share)
         self.window.extend(rows)
+
+    def reset_window(self) -> None:
+        """Empty the window (a new judge or version starts from fresh rows); the policy stays."""
+        self.window.clear()
 
     def check_once(self) -> str:
         """Run one check now; returns its outcome (the metric label)."""
         cfg = self.settings()
-        self.window.resize(cfg.window_size)
+        self.window.resize(cfg.window_size, cfg.max_client_share)
         rows = self.window.snapshot()
         self.metrics.window_rows.set(len(rows))
         agreement = agreement_ratio(rows)
@@ -139,11 +148,23 @@ class DriftMonitor:
             "last_outcome": self.last_outcome,
             "window_rows": len(rows),
             "window_size": cfg.window_size,
+            **self._window_guard(len(rows)),
             "min_samples": cfg.min_samples,
             "policy_state": self.policy.state.name,
             "routing_to_fallback": self.routing_to_fallback(),
             "shadow_agreement": agreement_ratio(rows),
             "shadow_agreement_baseline": self.agreement_baseline,
+        }
+
+    def _window_guard(self, rows: int) -> dict:
+        """How the window resisted repeated rows and dominant clients (GET /monitoring/drift)."""
+        window = self.window
+        held = window.clients()
+        return {
+            "duplicates_dropped": window.duplicates,
+            "client_rows_evicted": window.capped,
+            "window_clients": len(held),
+            "largest_client_share": max(held.values()) / rows if held and rows else 0.0,
         }
 
     def start(self) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -118,12 +118,23 @@ class DriftConfig(Section):
     categorical_p_value: float = Field(0.001, gt=0.0, lt=1.0)
     # The HTML report costs ~1 s of CPU and ~4 MB: one render serves every caller for this long.
     report_cache_s: float = Field(60.0, ge=0.0, le=86_400.0)
+    # One client must not steer the window (docs/DRIFT.md). Its identity: this request header
+    # (e.g. x-api-key; empty: none), else, behind a trusted proxy, the address that proxy appended
+    # to X-Forwarded-For. The value is hashed in the worker; the raw value is never kept.
+    client_header: str = Field("", max_length=100, pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]*$")
+    trust_forwarded_for: bool = False
+    max_client_share: float = Field(0.1, gt=0.0, le=1.0)  # of window_size, per identified client
 
     @model_validator(mode="after")
     def _window_can_reach_min_samples(self) -> DriftConfig:
         if self.min_samples > self.window_size:
             raise ValueError("min_samples must not exceed window_size, or no check ever runs")
         return self
+
+    @field_validator("client_header")
+    @classmethod
+    def _lower_case(cls, name: str) -> str:
+        return name.lower()  # header names are case-insensitive; ASGI hands them over lower-cased
 
 
 class StoreConfig(Section):

@@ -1,7 +1,10 @@
 """A worker's side of the monitoring process: buffer served rows, flush them to it in the
 background, and keep the routing verdicts it answers (drift, and live performance on labels).
 
-`offer` is the only call on the request path: it appends references to a bounded deque. A task
+`offer` is the only call on the request path: it appends references to a bounded deque, with the
+request's client identity when `drift.client_header` or `drift.trust_forwarded_for` gives one
+(read from the request's headers, which service/api/client_identity.py keeps in `REQUEST_HEADERS`;
+hashed here, once per request, so the raw value never reaches the buffer or the drift process). A task
 on the worker's event loop drains it every flush interval (half a check interval, at most a
 second), which also fetches the verdict, so every worker learns a new decision within one check
 interval. A task, not a thread: BentoML's dependency client is bound to the worker's event loop.
@@ -11,21 +14,61 @@ If the drift process cannot be reached, serving goes on: the error is counted an
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from monitors.periodic import periodic_task
 from service.scoring.prediction import ROUTE_MODEL, Prediction
-from service.worker.config import Settings
+from service.worker.config import DriftConfig, Settings
 
 log = logging.getLogger("mlguard.drift")
 
 FLUSH_ROWS = 5_000  # rows sent in one call at most
 CALL_TIMEOUT_S = 5.0  # a hung drift process holds the flush task no longer than this
 STARTUP_GRACE_S = 120.0  # the drift process starts after the workers (it loads evidently)
+
+# The current request's raw ASGI headers, set per request by service/api/client_identity.py.
+REQUEST_HEADERS: ContextVar[list[tuple[bytes, bytes]] | None] = ContextVar(
+    "mlguard_request_headers", default=None
+)
+FORWARDED_FOR = b"x-forwarded-for"
+IDENTITY_PERSON = b"mlguard-client"  # blake2b personalisation: these digests are client identities
+
+
+def request_client(drift: DriftConfig) -> str | None:
+    """The hashed identity of the current request's client, or None (none configured or sent).
+
+    `drift.client_header` when the request carries it; else, with `drift.trust_forwarded_for`,
+    the LAST address of X-Forwarded-For: the one the trusted proxy appended. Everything before it
+    is whatever the client wrote (a client rotating a made-up first address would be a new
+    client on every request). The peer address is never used: behind a load balancer it is the
+    balancer's, one "client" for everyone."""
+    if not drift.client_header and not drift.trust_forwarded_for:
+        return None
+    headers = REQUEST_HEADERS.get()
+    if not headers:
+        return None
+    wanted = drift.client_header.encode("latin-1")
+    forwarded = None
+    for name, value in headers:
+        if name == wanted and value:
+            return _digest(value.strip())
+        if name == FORWARDED_FOR:
+            forwarded = value
+    if forwarded is not None and drift.trust_forwarded_for:
+        last = forwarded.rsplit(b",", 1)[-1].strip()
+        if last:
+            return _digest(b"addr:" + last)
+    return None
+
+
+def _digest(value: bytes) -> str:
+    return hashlib.blake2b(value, digest_size=8, person=IDENTITY_PERSON).hexdigest()
 
 
 class DriftFeed:
@@ -40,7 +83,8 @@ class DriftFeed:
         self._version = version
         self._settings = settings
         self._count_error = count_error
-        self._buffer: deque[tuple[dict[str, Any], float | str | None]] = deque()
+        # (row, the model's prediction or None, the client's hashed identity or None)
+        self._buffer: deque[tuple[dict[str, Any], float | str | None, str | None]] = deque()
         self._routing = False  # the drift process's last verdict
         self._below_rules = False  # its last performance verdict (monitors/performance/)
         self._failing = False
@@ -58,9 +102,10 @@ class DriftFeed:
     ) -> None:
         drift = cfg.drift
         if drift.enabled:
+            client = request_client(drift)
             buffer = self._buffer
             buffer.extend(
-                (row, p.output.score if p.route == ROUTE_MODEL else None)
+                (row, p.output.score if p.route == ROUTE_MODEL else None, client)
                 for row, p in zip(rows, predictions)
             )
             # The window keeps only its last window_size rows, so older buffered rows would be
@@ -87,14 +132,16 @@ class DriftFeed:
 
     async def flush(self) -> None:
         """Send what is buffered (possibly nothing) and take the verdict back."""
-        batch: list[tuple[dict[str, Any], float | str | None]] = []
+        batch: list[tuple[dict[str, Any], float | str | None, str | None]] = []
         while self._buffer and len(batch) < FLUSH_ROWS:
             batch.append(self._buffer.popleft())
+        clients = [c for _, _, c in batch]
+        extra = {"clients": clients} if any(clients) else {}  # none identified: nothing to send
         try:
             answer = await asyncio.wait_for(
                 self._client().to_async.ingest(
-                    rows=[row for row, _ in batch], predictions=[p for _, p in batch],
-                    version=self._version(),
+                    rows=[row for row, _, _ in batch], predictions=[p for _, p, _ in batch],
+                    version=self._version(), **extra,
                 ),
                 CALL_TIMEOUT_S,
             )

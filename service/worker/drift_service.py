@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from itertools import repeat
 from typing import Any
 
 import bentoml
@@ -106,20 +107,24 @@ def build_drift_service(app: GuardedApp) -> Any:
             rows: list[dict[str, Any]],
             predictions: list[float | str | None],
             version: str | None = None,
+            clients: list[str | None] | None = None,
         ) -> dict[str, Any]:
-            """Append served rows (as clients sent them) to the window; answer the routing verdict.
+            """Offer served rows (as clients sent them) to the window; answer the routing verdict.
 
             `version`: the model version the sending worker serves; when it is not the one this
-            window belongs to, the rows are dropped and that version's reference is loaded."""
+            window belongs to, the rows are dropped and that version's reference is loaded.
+            `clients`: each row's hashed client identity (None: unknown), for the window's
+            per-client cap; absent when no row had one."""
             if version and version != UNAVAILABLE:
                 self._wanted = version
             if self.monitor is None or (self._wanted and self.served.version != self._wanted):
                 return {"routing_to_fallback": False, "policy_state": "off",
                         "performance_below_rules": self._below_rules()}
             policy = self._policy()
+            senders = clients if clients is not None else repeat(None)
             self.monitor.ingest(
-                WindowRow(app.features_of(row), p, _agreed(app, row, p, policy))
-                for row, p in zip(rows, predictions)
+                WindowRow(app.features_of(row), p, _agreed(app, row, p, policy), client)
+                for row, p, client in zip(rows, predictions, senders)
             )
             # Only the verdict: it is all a worker needs, and it is cheap to answer per flush.
             return {
