@@ -51,17 +51,26 @@ def build_drift_service(app: GuardedApp) -> Any:
             self.config = ConfigStore(config.config_path(app.name), validate=app.check_settings)
             self.metrics = DriftMetrics()  # once: a new version's monitor publishes on them too
             self.monitor: Any = None
+            self._monitor_version: str | None = None
             self.served: LoadedModel | None = None
             self._tag = model_tag(app, self.config.current)
             self._wanted: str | None = None  # the version the workers last said they serve
             self._failed: tuple[str, float] | None = None  # the version that last failed, when
             self.config.start()
+            # With a PostgreSQL store, one judge for every instance (fleet_drift.py); its
+            # monitor, and Evidently with it, is built only when this instance has to judge.
+            self.fleet = _fleet_drift(app, self.config, self._fleet_monitor, lambda: self.served)
             # The drift reference belongs to a version: load the one the workers serve (at first
             # the configured tag), follow their swaps and rollbacks (the window restarts), and
             # retry while none can be loaded.
             self._loader = PeriodicThread("mlguard-drift-model", self._follow, lambda: FOLLOW_S)
             self._follow()
             self._loader.start()
+            self._judge = None
+            if self.fleet is not None:
+                self._judge = PeriodicThread("mlguard-fleet-drift", self.fleet.tick,
+                                             lambda: min(1.0, self.config.current.drift.check_interval_s / 2))
+                self._judge.start()
             self.live_performance, self._retention = _performance_monitor(
                 app, self.config, lambda: self.served
             )
@@ -85,6 +94,10 @@ def build_drift_service(app: GuardedApp) -> Any:
                     log.warning("drift monitoring off until model %s loads", wanted)
                 self._failed = (wanted, time.monotonic())
                 return
+            if self.fleet is not None:  # the monitor waits until this instance has to judge
+                self.served = loaded
+                log.info("drift for %s judged by the fleet's judge (pid %d)", loaded.version, os.getpid())
+                return
             old, monitor = self.monitor, _monitor(app, loaded, lambda: self.config.current.drift,
                                                   self.metrics)
             self.served, self.monitor = loaded, monitor
@@ -93,6 +106,17 @@ def build_drift_service(app: GuardedApp) -> Any:
                 old.stop()
             log.info("drift monitor for %s up (pid %d)%s", loaded.version, os.getpid(),
                      "" if old is None else "; the window restarts")
+
+        def _fleet_monitor(self) -> Any:
+            """The monitor of the served version, built on first need (it imports Evidently);
+            checked by the fleet's tick, never by a loop of its own."""
+            served = self.served
+            if served is None:
+                return None
+            if self.monitor is None or self._monitor_version != served.version:
+                self.monitor = _monitor(app, served, lambda: self.config.current.drift, self.metrics)
+                self._monitor_version = served.version
+            return self.monitor
 
         def _policy(self) -> OutputPolicy:
             cfg = self.config.current
@@ -117,6 +141,8 @@ def build_drift_service(app: GuardedApp) -> Any:
             per-client cap; absent when no row had one."""
             if version and version != UNAVAILABLE:
                 self._wanted = version
+            if self.fleet is not None:
+                return self._fleet_ingest(rows, predictions, clients)
             if self.monitor is None or (self._wanted and self.served.version != self._wanted):
                 return {"routing_to_fallback": False, "policy_state": "off",
                         "performance_below_rules": self._below_rules()}
@@ -133,6 +159,23 @@ def build_drift_service(app: GuardedApp) -> Any:
                 "performance_below_rules": self._below_rules(),
             }
 
+        def _fleet_ingest(self, rows: list[dict[str, Any]], predictions: list[float | str | None],
+                          clients: list[str | None] | None) -> dict[str, Any]:
+            """This instance's rows are kept for judging alone while the store is down; the
+            verdict is the fleet's."""
+            if self.served is not None and (not self._wanted or self.served.version == self._wanted):
+                policy = self._policy()
+                senders = clients if clients is not None else repeat(None)
+                self.fleet.ingest([
+                    WindowRow(app.features_of(row), p, _agreed(app, row, p, policy), client)
+                    for row, p, client in zip(rows, predictions, senders)
+                ])
+            return {
+                "routing_to_fallback": self.fleet.routing_to_fallback(),
+                "policy_state": self.fleet.verdict.get("policy_state"),
+                "performance_below_rules": self._below_rules(),
+            }
+
         @bentoml.api
         def performance(self) -> dict[str, Any]:
             """Live performance on labels: GET /monitoring/performance."""
@@ -142,6 +185,8 @@ def build_drift_service(app: GuardedApp) -> Any:
 
         @bentoml.api
         def status(self) -> dict[str, Any]:
+            if self.fleet is not None:
+                return self.fleet.status()
             if self.monitor is None:
                 return {"enabled": False, "reason": "no model version loaded: nothing to compare with"}
             return self.monitor.status()
@@ -151,6 +196,10 @@ def build_drift_service(app: GuardedApp) -> Any:
             """The Evidently HTML report of the current window, rendered now."""
             from monitors.drift.report import render_report
 
+            if self.fleet is not None and self.fleet.role == "follower":
+                return ("<!doctype html><title>drift report</title><p>This instance follows the "
+                        f"fleet's judge ({self.fleet.judge}): its /monitoring/drift/report renders "
+                        "the fleet's window.</p>")
             rows = self.monitor.window.snapshot() if self.monitor is not None else []
             if not rows:
                 return "<!doctype html><title>drift report</title><p>The drift window is empty.</p>"
@@ -159,6 +208,9 @@ def build_drift_service(app: GuardedApp) -> Any:
         @bentoml.on_shutdown
         def shutdown(self) -> None:
             self._loader.stop()
+            if self._judge is not None:
+                self._judge.stop()
+                self.fleet.fleet.close()
             if self.live_performance is not None:
                 self.live_performance.stop()
                 self._retention.stop()
@@ -196,6 +248,47 @@ def _monitor(
         app.features, reference, settings, metrics, reference_predictions,
         card.yardstick.get("agreement"),
     )
+
+
+def _fleet_drift(
+    app: GuardedApp, config_store: ConfigStore, monitor: Callable[[], Any],
+    served: Callable[[], LoadedModel | None],
+) -> Any:
+    """The fleet's drift coordination when the store is PostgreSQL and logs inputs (the fleet's
+    window is the prediction log); None otherwise: this instance judges its own window."""
+    from service.store import open_store
+    from service.store.fleet import FleetRow, FleetStore
+    from service.store.urls import POSTGRESQL, parse_store_url
+    from service.worker.fleet_drift import FleetDrift
+    from service.worker.performance_monitor import score_of
+
+    store_cfg = config_store.current.store
+    if not store_cfg.url or parse_store_url(store_cfg.url).dialect != POSTGRESQL:
+        return None
+    if not (store_cfg.enabled and store_cfg.log_inputs):
+        log.warning("store.log_inputs is off: the fleet has no shared window, each instance "
+                    "judges drift on its own")
+        return None
+    fleet = FleetStore(open_store(store_cfg.url, app.name, connect_now=False), store_cfg.url)
+
+    def window_row(row: FleetRow) -> WindowRow | None:
+        loaded = served()
+        if row.inputs is None or loaded is None:
+            return None
+        cfg = config_store.current
+        policy = output_policy(loaded.card, cfg.decision.threshold, cfg.output_checks.range_tolerance,
+                               cfg.shadow.tolerance)
+        model = score_of(app.task, row.model_output) if row.route == "model" else None
+        rules = score_of(app.task, row.rules_output)
+        agreed = None
+        if model is not None and rules is not None:
+            agreed = app.task.agree(app.task.from_score(model, policy),
+                                    app.task.from_score(rules, policy), policy)
+        return WindowRow(app.features_of(row.inputs), model, agreed)
+
+    return FleetDrift(fleet, monitor, window_row,
+                      lambda: served().version if served() is not None else None,
+                      lambda: config_store.current.drift)
 
 
 def _performance_monitor(
