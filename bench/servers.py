@@ -1,11 +1,12 @@
 """The servers a run compares, the guarded one's configurations, and memory.
 
-Three servers: bare BentoML, the guarded service, and the guarded service with drift monitoring
-switched from the shipped default (for the drift on/off pair). The other guarded scenarios (model
-path, forced heuristic, micro-batching) are hot-reloaded configurations of the one guarded server
-rather than servers of their own: the same process answers every one of them (no difference in
-heap or placement). Drift gets a server of its own so that its two sides can run side by side,
-request by request, like every scenario and bare (bench/run.py).
+Four servers: bare BentoML, BentoML with its adaptive batching (the peer of mlguard's
+micro-batching), the guarded service, and the guarded service with drift monitoring switched from
+the shipped default (for the drift on/off pair). The other guarded scenarios (model path, the
+shipped default configuration, forced heuristic, micro-batching) are hot-reloaded configurations of
+the one guarded server rather than servers of their own: the same process answers every one of
+them (no difference in heap or placement). Drift gets a server of its own so that its two sides can
+run side by side, request by request, like every scenario and bare (bench/run.py).
 """
 from __future__ import annotations
 
@@ -24,13 +25,13 @@ from service.worker.config import DEFAULT_CONFIG_PATH, Settings
 from tests.support.server import ServerProcess
 
 BARE_TARGET = "bench.bare_service:BareCreditService"
+ADAPTIVE_TARGET = "bench.bare_service:BareAdaptiveService"
 
 
 def _base(model_concurrency: int) -> dict:
     """A deadline far above any queueing this machine produces and as many model slots as the
     highest concurrency, so the model path is what is measured, not timeouts or overload (which
-    route to the rules); the bare server gets the same number of model threads. Config polled
-    every 0.25 s, so switching scenarios waits less."""
+    route to the rules). Config polled every 0.25 s, so switching scenarios waits less."""
     return {
         "model": {"timeout_ms": 10000, "max_concurrency": model_concurrency, "micro_batching": False},
         "reload": {"interval_s": 0.25},
@@ -39,10 +40,13 @@ def _base(model_concurrency: int) -> dict:
 
 def configurations(model_concurrency: int) -> dict[str, dict]:
     """Config overrides of each scenario hot-reloaded on the guarded server, on top of
-    config/mlguard.yaml."""
+    config/mlguard.yaml. `default` is the shipped configuration as a user runs it (deadline,
+    model slots, micro-batching, drift, logging all as shipped): only the reload poll, a restart
+    key that does nothing per request, is the bench's."""
     base = _base(model_concurrency)
     return {
         "guarded": base,
+        "default": {"reload": base["reload"]},
         "heuristic": {**base, "routing": {"mode": "fallback"}},
         "micro_batching": {"model": {**base["model"], "micro_batching": True}},
     }
@@ -75,10 +79,11 @@ def start_servers(workers: int, model_concurrency: int, root: Path) -> dict[str,
         "guarded": configurations(model_concurrency)["guarded"],
         drift_name: drift_overrides,
     }
+    bare_env = {"BARE_WORKERS": str(workers)}
     procs = {
-        "bare": ServerProcess(
-            target=BARE_TARGET, workdir=root / "bare", workers=workers,
-            env={"BARE_WORKERS": str(workers), "BARE_THREADS": str(model_concurrency)},
+        "bare": ServerProcess(target=BARE_TARGET, workdir=root / "bare", workers=workers, env=bare_env),
+        "adaptive": ServerProcess(
+            target=ADAPTIVE_TARGET, workdir=root / "adaptive", workers=workers, env=bare_env
         ),
         **{
             name: ServerProcess(workdir=root / name, workers=workers, config_text=config_text(overrides))

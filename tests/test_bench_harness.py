@@ -9,8 +9,15 @@ import httpx
 import pytest
 
 from bench.loadgen import RequestCycle, Target, Trial, encode_post, run_alternating, run_trial
-from bench.report import check_targets, paired_ratio, pooled_percentile_ratio, ratios_at
-from bench.servers import BARE_TARGET
+from bench.report import (
+    check_targets,
+    headline_ratios,
+    paired_ratio,
+    pooled_percentile_ratio,
+    ratios_at,
+)
+from bench.run import Group, reference_model_latency, requests_for, step_order
+from bench.servers import ADAPTIVE_TARGET, BARE_TARGET
 from tests.support.data import GOOD_ROW
 from tests.support.server import ServerProcess
 
@@ -59,9 +66,9 @@ def test_alternating_sides_take_turns_and_own_their_time(server: ServerProcess) 
     assert ta.rows_per_s == pytest.approx(ta.rows / ta.seconds)
 
 
-def _trial(rate: float, latencies: list[float] | None = None) -> Trial:
+def _trial(rate: float, latencies: list[float] | None = None, cpu: dict[str, float] | None = None) -> Trial:
     return Trial(requests=int(rate), rows=int(rate), seconds=1.0, rows_per_s=rate,
-                 latencies=latencies or [], server_cpu_seconds={"worker": 0.01 * rate})
+                 latencies=latencies or [], server_cpu_seconds=cpu or {"worker": 0.01 * rate})
 
 
 def test_ratios_are_taken_within_steps() -> None:
@@ -98,11 +105,78 @@ def test_targets_are_judged_on_the_worst_side() -> None:
     }]
     ratios = ratios_at(steps, drift_on="guarded", drift_off="drift_off")
     assert ratios["batch_vs_single_rows_per_s"] == pytest.approx(5000 / 94)
-    checks = check_targets(ratios, worker_delta_mb=51.0)
+    checks = check_targets(ratios, worker_delta_mb=51.0, model_ms=0.02)
     assert checks["guarded_vs_bare_throughput"]["met"] is False  # 0.94 < 0.95
     assert checks["drift_on_vs_off_throughput"]["met"] is True
     assert checks["guarded_vs_bare_p99"]["met"] is True
     assert checks["guarded_minus_bare_worker_rss_mb"]["met"] is False
+    assert checks["reference_model_one_row_ms"]["met"] is True
+    # Pairs that never ran side by side are not measured, not failed.
+    assert "fast_guarded_vs_bare_throughput" not in ratios
+    assert checks["fast_guarded_vs_bare_throughput"] == {"target": ">= 0.9", "value": None, "met": None}
+    assert checks["micro_batching_vs_bentoml_adaptive_throughput"]["met"] is None
+
+
+def test_the_fast_pair_and_the_adaptive_peer_are_judged_within_their_steps() -> None:
+    ms = [0.001] * 100
+    steps = [
+        {"bare": _trial(1000, ms, {"worker": 0.30}),  # 300 us of worker CPU per request
+         "default": _trial(920, [0.0011] * 100, {"worker": 0.322, "drift": 0.046})},
+        {"bare": _trial(1000, ms), "micro_batching": _trial(800, ms), "adaptive": _trial(1000, [0.002] * 100)},
+    ]
+    ratios = ratios_at(steps, drift_on="guarded", drift_off="drift_off")
+    assert ratios["fast_guarded_vs_bare_throughput"] == pytest.approx(0.92)
+    assert ratios["fast_guarded_vs_bare_p99"] == pytest.approx(1.1)
+    # 322 + 46 us for each of 920 requests, against 300 us for each of bare's 1000.
+    assert ratios["guard_cpu_us_per_request"] == pytest.approx(1e6 * 0.368 / 920 - 300)
+    assert ratios["guard_worker_cpu_us_per_request"] == pytest.approx(1e6 * 0.322 / 920 - 300)
+    assert ratios["micro_batching_vs_bentoml_adaptive_throughput"] == pytest.approx(0.8)
+    assert ratios["micro_batching_vs_bentoml_adaptive_p99"] == pytest.approx(0.5)
+    assert "guarded_vs_bare_throughput" not in ratios  # guarded never ran
+    checks = check_targets(ratios, worker_delta_mb=0.0)
+    assert checks["fast_guarded_vs_bare_throughput"]["met"] is True
+    assert checks["micro_batching_vs_bentoml_adaptive_throughput"]["met"] is False
+    assert checks["micro_batching_vs_bentoml_adaptive_p99"]["met"] is True
+    assert checks["reference_model_one_row_ms"]["met"] is None
+
+
+def test_headline_takes_the_worse_concurrency_and_what_only_one_measured() -> None:
+    by_conc = {
+        1: {"fast_guarded_vs_bare_throughput": 0.97, "fast_guarded_vs_bare_p99": 1.02,
+            "guard_cpu_us_per_request": 40.0, "micro_batching_vs_bare_throughput": 1.0},
+        16: {"fast_guarded_vs_bare_throughput": 0.93, "fast_guarded_vs_bare_p99": 0.98,
+             "guard_cpu_us_per_request": 55.0, "micro_batching_vs_bare_throughput": 3.0,
+             "micro_batching_vs_bentoml_adaptive_throughput": 1.04},
+    }
+    assert headline_ratios(by_conc) == {
+        "fast_guarded_vs_bare_throughput": 0.93,
+        "fast_guarded_vs_bare_p99": 1.02,
+        "guard_cpu_us_per_request": 55.0,  # CPU: more is worse
+        "micro_batching_vs_bare_throughput": 3.0,  # judged where there is something to batch
+        "micro_batching_vs_bentoml_adaptive_throughput": 1.04,
+    }
+
+
+def test_batching_peers_are_measured_at_the_highest_concurrency_only() -> None:
+    group = Group("micro_batching", ["micro_batching", "adaptive"], tight=True)
+    assert step_order(group, 1, bare_first=True) == ["bare", "micro_batching"]
+    assert step_order(group, 16, bare_first=False) == ["micro_batching", "adaptive", "bare"]
+
+
+def test_the_adaptive_peer_is_sent_one_row_lists() -> None:
+    rows = [{**GOOD_ROW, "amount": 500 + i} for i in range(3)]
+    plain = requests_for(8000, rows, batch_rows=2)["single"].take()
+    listed = requests_for(8000, rows, batch_rows=2, one_row_lists=True)["single"].take()
+    assert json.loads(plain.split(b"\r\n\r\n", 1)[1]) == rows[0]
+    assert json.loads(listed.split(b"\r\n\r\n", 1)[1]) == [rows[0]]
+
+
+def test_reference_model_latency_is_taken_over_the_calls_asked() -> None:
+    from apps.credit.app import CREDIT_APP
+
+    measured = reference_model_latency(calls=30)
+    assert measured["calls"] == 30 and measured["tag"].startswith(f"{CREDIT_APP.model_name}:")
+    assert 0 < measured["one_row_predict_proba_ms_median"] <= measured["one_row_predict_proba_ms_p99"]
 
 
 def test_the_bare_baseline_serves_the_guarded_model(tmp_path) -> None:
@@ -122,3 +196,20 @@ def test_the_bare_baseline_serves_the_guarded_model(tmp_path) -> None:
     assert r.status_code == 200, r.text
     assert r.json() == {"probability": pytest.approx(expected.score, abs=1e-12)}
     assert rejected.status_code == 400  # the same schema
+
+
+def test_the_adaptive_batching_peer_answers_each_row_of_its_list(tmp_path) -> None:
+    """BentoML's batchable API: a list of rows in, the bare probability of each out, in order."""
+    other = {**GOOD_ROW, "income": None, "job": "partime"}
+    peer = ServerProcess(target=ADAPTIVE_TARGET, workdir=tmp_path / "adaptive").start()
+    bare = ServerProcess(target=BARE_TARGET, workdir=tmp_path / "bare").start()
+    try:
+        listed = httpx.post(f"{peer.url}/predict", json=[GOOD_ROW, other], timeout=30)
+        one = [httpx.post(f"{bare.url}/predict", json=row, timeout=30).json() for row in (GOOD_ROW, other)]
+        rejected = httpx.post(f"{peer.url}/predict", json=[{**GOOD_ROW, "age": "old"}], timeout=30)
+    finally:
+        peer.stop()
+        bare.stop()
+    assert listed.status_code == 200, listed.text
+    assert listed.json() == one and one[0] != one[1]
+    assert rejected.status_code == 400

@@ -24,6 +24,7 @@ from tests.conftest import wait_until
 from tests.support.data import GOOD_ROW, credit_rows
 from tests.support.prometheus import require_binary
 from tests.support.server import ServerProcess
+from tests.test_prediction_log import set_sample_ratio
 
 # name (as the parser reports the family) -> (type, label names other than `le`)
 CONTRACT = {
@@ -198,9 +199,10 @@ def test_a_rejected_request_is_not_a_prediction(client: httpx.Client, server: Se
 
 
 def test_counts_are_exact_with_two_workers_under_concurrent_mixed_load(
-    client: httpx.Client, server: ServerProcess
+    client: httpx.Client, server: ServerProcess, edit_config: Callable[[str], None]
 ) -> None:
     assert server.workers == 2
+    set_sample_ratio(server, edit_config, 1.0)  # every answer's log line names its worker (below)
     rows = credit_rows()[:400]
     singles = [rows[i] for i in range(40)] + [OUT_OF_RANGE] * 6 + [UNKNOWN_HOME] * 4
     batches = [rows[40 + 7 * i : 40 + 7 * i + 1 + (i * 5) % 23] for i in range(14)]
@@ -221,8 +223,11 @@ def test_counts_are_exact_with_two_workers_under_concurrent_mixed_load(
 
     def watch() -> None:  # scrapes while the load runs: never more than was sent, never backwards
         with httpx.Client(base_url=server.url, timeout=30) as c:
-            while not done.is_set():
+            while True:  # at least once, and once more after the load: a fast load may end first
+                last = done.is_set()
                 seen.append(total(c, "mlguard_requests_total") - start)
+                if last:
+                    return
 
     # No keep-alive: each request is a new connection, so both workers take a share of the load.
     fresh = httpx.Client(

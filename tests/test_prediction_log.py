@@ -1,7 +1,9 @@
 """The per-prediction JSON log line, read from a real two-worker server's output.
 
-A request a user complains about is traced by the request_id the answer carries: the line must
-really reach the server log inside a BentoML worker (whose logging config drops INFO by default).
+The line must really reach the server log inside a BentoML worker (whose logging config drops INFO
+by default), one per prediction at `logging.prediction_sample_ratio: 1.0`. The shipped ratio
+samples it (the prediction log in the store is the record of every prediction): each test sets
+the ratio it needs.
 """
 from __future__ import annotations
 
@@ -19,6 +21,22 @@ from tests.support.server import ServerProcess
 RELOADED = "config reloaded: version"
 
 
+def worker_reloads(server: ServerProcess) -> int:
+    # The workers' reloads only: the drift process reloads (and logs) the config too.
+    return sum(RELOADED in line and "[entry_service:" in line for line in server.log_text().splitlines())
+
+
+def set_sample_ratio(server: ServerProcess, edit_config: Callable[[str], None], ratio: float) -> None:
+    """Edit the ratio and wait until every worker has reloaded it."""
+    cfg = yaml.safe_load(server.config_path.read_text())
+    if cfg["logging"]["prediction_sample_ratio"] == ratio:
+        return
+    cfg["logging"]["prediction_sample_ratio"] = ratio
+    seen = worker_reloads(server)
+    edit_config(yaml.safe_dump(cfg))
+    assert wait_until(lambda: worker_reloads(server) >= seen + server.workers, timeout_s=15)
+
+
 def prediction_lines(server: ServerProcess) -> dict[str, dict]:
     """Every prediction log line in the server output, by request_id."""
     lines = {}
@@ -30,8 +48,9 @@ def prediction_lines(server: ServerProcess) -> dict[str, dict]:
 
 
 def test_each_prediction_is_one_json_line_with_its_request_id(
-    client: httpx.Client, server: ServerProcess
+    client: httpx.Client, server: ServerProcess, edit_config: Callable[[str], None]
 ) -> None:
+    set_sample_ratio(server, edit_config, 1.0)
     single = client.post("/predict", json={**GOOD_ROW, "age": 140}).json()
     batch = client.post("/predict_batch", json={"applications": [GOOD_ROW, GOOD_ROW]}).json()
     answers = [single, *batch["predictions"]]
@@ -54,16 +73,7 @@ def test_each_prediction_is_one_json_line_with_its_request_id(
 def test_sample_ratio_zero_writes_no_line(
     client: httpx.Client, server: ServerProcess, edit_config: Callable[[str], None]
 ) -> None:
-    def reloads() -> int:
-        # The workers' reloads only: the drift process reloads (and logs) the config too.
-        return sum(RELOADED in line and "[entry_service:" in line
-                   for line in server.log_text().splitlines())
-
-    cfg = yaml.safe_load(server.config_path.read_text())
-    cfg["logging"]["prediction_sample_ratio"] = 0.0
-    seen = reloads()
-    edit_config(yaml.safe_dump(cfg))
-    assert wait_until(lambda: reloads() >= seen + server.workers, timeout_s=15)
+    set_sample_ratio(server, edit_config, 0.0)
 
     silent = [client.post("/predict", json=GOOD_ROW).json()["request_id"] for _ in range(10)]
     silent += [
@@ -71,12 +81,9 @@ def test_sample_ratio_zero_writes_no_line(
         for p in client.post("/predict_batch", json={"applications": [GOOD_ROW] * 10}).json()["predictions"]
     ]
 
-    # Back to logging everything; once a later line from every worker is in the output, any line
-    # of the silent requests would be there too (each worker's output is written in order).
-    cfg["logging"]["prediction_sample_ratio"] = 1.0
-    seen = reloads()
-    edit_config(yaml.safe_dump(cfg))
-    assert wait_until(lambda: reloads() >= seen + server.workers, timeout_s=15)
+    # Logging everything; once a later line from every worker is in the output, any line of the
+    # silent requests would be there too (each worker's output is written in order).
+    set_sample_ratio(server, edit_config, 1.0)
     later: set[str] = set()
 
     def post_fresh(_: int) -> str:  # a new connection each, so the workers share the burst

@@ -1,4 +1,9 @@
-"""Recording answered predictions: metrics and the sampled per-prediction log line."""
+"""Recording answered predictions: metrics and the sampled per-prediction log line.
+
+Runs on the request path before the answer leaves (a scrape right after an answer must count it,
+from whichever worker), so it is written for cost: one label lookup per distinct label set of a
+request rather than per row, and counts folded into one write per series (`_Series`).
+"""
 from __future__ import annotations
 
 import json
@@ -6,6 +11,9 @@ import logging
 import os
 import random
 import time
+from bisect import bisect_left
+from collections import Counter
+from math import isnan
 from typing import Any
 
 from monitors import reasons
@@ -32,6 +40,50 @@ KNOWN_REQUEST_LABELS = (
 )
 
 
+class _Series:
+    """One labelled counter or histogram, written with the fewest value updates.
+
+    prometheus_client's `inc()` and `observe()` check, on every call, what a bound child never
+    changes (observability, exemplars), and `observe()` scans the buckets in turn; in multiprocess
+    mode each value update is also a locked mmap write. Here a counter gains n in one update, and
+    a histogram's observations of one request are binned first, then written once per bucket hit
+    and once to the sum: the same counts and sum as observing them one by one (tested), for ~a
+    third of the cost on a one-row request and ~1/20 on a 100-row batch.
+    """
+
+    def __init__(self, child: Any) -> None:
+        self._public = child
+        self._value = getattr(child, "_value", None)  # a counter's
+        self._sum = getattr(child, "_sum", None)  # a histogram's
+        self._buckets = getattr(child, "_buckets", None)
+        self._bounds = list(getattr(child, "_upper_bounds", ()))
+        # Private attributes of prometheus_client (pinned in constraints.txt): if a release
+        # renames them, the public calls below still count right, only slower.
+        self._fast = self._value is not None or (self._sum is not None and self._buckets is not None)
+
+    def add(self, n: int) -> None:
+        if not self._fast:
+            self._public.inc(n)
+        else:
+            self._value.inc(n)
+
+    def observe(self, values: list[float]) -> None:
+        if not self._fast:
+            for v in values:
+                self._public.observe(v)
+            return
+        if len(values) == 1:
+            (v,) = values
+            self._sum.inc(v)
+            if not isnan(v):  # a NaN lands in no bucket, as observe() has it
+                self._buckets[bisect_left(self._bounds, v)].inc(1)
+            return
+        hits = Counter(bisect_left(self._bounds, v) for v in values if not isnan(v))
+        self._sum.inc(sum(values))
+        for bucket, n in hits.items():
+            self._buckets[bucket].inc(n)
+
+
 class MetricsRecorder(Recorder):
     def __init__(
         self, metrics: Metrics, task: Task, drift: DriftFeed | None = None
@@ -41,20 +93,20 @@ class MetricsRecorder(Recorder):
         # the value (regression); a multiclass answer is counted by its decision only.
         self._score_metric = {"binary": metrics.probability, "regression": metrics.value}.get(task.kind)
         self._drift = drift  # served rows go to the drift window through it
-        # Label lookups cost more than the increment itself: keep the children we have used.
-        self._children: dict[tuple, Any] = {}
+        # Label lookups cost more than the update itself: keep the series we have used.
+        self._series: dict[tuple, _Series] = {}
         for route, reason in KNOWN_REQUEST_LABELS:
-            self._child(metrics.requests, route, reason)
+            self._get(metrics.requests, route, reason)
         for route in ROUTES:
             for decision in task.labels:  # bounded: the plug-in's declared classes or decisions
-                self._child(metrics.decisions, route, decision)
+                self._get(metrics.decisions, route, decision)
 
-    def _child(self, metric: Any, *labels: str) -> Any:
+    def _get(self, metric: Any, *labels: str) -> _Series:
         key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series(metric.labels(*labels))
+        return series
 
     def record(
         self,
@@ -64,23 +116,53 @@ class MetricsRecorder(Recorder):
         cfg: Settings,
     ) -> None:
         m = self.metrics
-        score_metric = self._score_metric
+        if len(predictions) == 1:  # the common case, without the grouping below
+            (p,), (found,) = predictions, violations
+            out = p.output
+            self._get(m.requests, p.route, p.cause).add(1)
+            self._get(m.request_duration, p.route).observe([p.seconds])
+            if self._score_metric is not None:
+                self._get(self._score_metric, p.route).observe([out.score])
+            if out.decision is not None:
+                self._get(m.decisions, p.route, out.decision).add(1)
+            for v in found:
+                self._get(m.input_violations, v.check, v.field).add(1)
+        else:
+            self._record_many(predictions, violations)
         # Decided once per call: the line is never built when the level or the ratio drops it.
         sample = cfg.logging.prediction_sample_ratio if prediction_log.isEnabledFor(logging.INFO) else 0.0
-        for p, found in zip(predictions, violations):
-            self._child(m.requests, p.route, p.cause).inc()
-            self._child(m.request_duration, p.route).observe(p.seconds)
-            out = p.output
-            if score_metric is not None:
-                self._child(score_metric, p.route).observe(out.score)
-            if out.decision is not None:
-                self._child(m.decisions, p.route, out.decision).inc()
-            for v in found:
-                self._child(m.input_violations, v.check, v.field).inc()
-            if sample >= 1.0 or (sample > 0.0 and random.random() < sample):
-                prediction_log.info(_log_line(p))
+        if sample > 0.0:
+            for p in predictions:
+                if sample >= 1.0 or random.random() < sample:
+                    prediction_log.info(_log_line(p))
         if self._drift is not None:
             self._drift.offer(rows, predictions, cfg)
+
+    def _record_many(self, predictions: list[Prediction], violations: list[list[Violation]]) -> None:
+        """A batch: rows grouped by label set, each series written once."""
+        m, scored = self.metrics, self._score_metric is not None
+        requests: Counter = Counter()
+        decisions: Counter = Counter()
+        seconds: dict[str, list[float]] = {}
+        scores: dict[str, list[float]] = {}
+        for p in predictions:
+            requests[p.route, p.cause] += 1
+            seconds.setdefault(p.route, []).append(p.seconds)
+            if scored:
+                scores.setdefault(p.route, []).append(p.output.score)
+            if p.output.decision is not None:
+                decisions[p.route, p.output.decision] += 1
+        found = Counter((v.check, v.field) for row in violations for v in row)
+        for labels, n in requests.items():
+            self._get(m.requests, *labels).add(n)
+        for route, values in seconds.items():
+            self._get(m.request_duration, route).observe(values)
+        for route, values in scores.items():
+            self._get(self._score_metric, route).observe(values)
+        for labels, n in decisions.items():
+            self._get(m.decisions, *labels).add(n)
+        for labels, n in found.items():
+            self._get(m.input_violations, *labels).add(n)
 
     def record_model_call(self, outcome: ModelOutcome) -> None:
         if outcome.failure != reasons.MODEL_OVERLOADED:  # an overloaded call never ran

@@ -199,7 +199,7 @@ class FaultsConfig(Section):
 
 
 class LoggingConfig(Section):
-    prediction_sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    prediction_sample_ratio: float = Field(0.01, ge=0.0, le=1.0)
     access_log: bool = False  # restart to change
 
 
