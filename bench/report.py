@@ -15,6 +15,8 @@ TARGETS = {
     "fast_guarded_vs_bare_p99": (1.15, False),
     "heuristic_vs_bare_throughput": (1.0, True),
     "drift_on_vs_off_throughput": (0.95, True),
+    # The prediction log on (the shipped default) against off, on the shipped config.
+    "store_on_vs_off_throughput": (0.95, True),
     "micro_batching_vs_bentoml_adaptive_throughput": (1.0, True),
     "micro_batching_vs_bentoml_adaptive_p99": (1.0, False),
 }
@@ -127,6 +129,8 @@ def ratios_at(steps: list[dict[str, Trial]], drift_on: str, drift_off: str) -> d
                                              / paired_ratio(steps, "bare", "guarded"))
     if _beside(steps, drift_off, drift_on):
         out["drift_on_vs_off_throughput"] = paired_ratio(steps, drift_off, drift_on)
+    if _beside(steps, "store_off", "default"):
+        out["store_on_vs_off_throughput"] = paired_ratio(steps, "store_off", "default")
     if pairs := _beside(steps, "bare", "guarded"):
         out["guarded_vs_bare_worker_cpu_per_request"] = (_cpu_ms([g for _, g in pairs])
                                                          / _cpu_ms([b for b, _ in pairs]))

@@ -1,7 +1,8 @@
 """`make bench` / `make bench-quick`: the guard's cost against bare BentoML, side by side.
 
-Starts a bare, an adaptive-batching and a guarded server once (and the drift pair's twin); the
-guarded scenarios are hot-reloaded configurations of the guarded one. Every repeat measures every
+Starts a bare, an adaptive-batching and a guarded server once (and the drift pair's twin, and the
+shipped config without the store); the guarded scenarios are hot-reloaded configurations of the
+guarded one. Every repeat measures every
 scenario at each concurrency, in a rotating order, each right beside a bare trial, and ratios
 against bare are taken within those pairs, so the load of a shared machine hits both sides alike
 (docs/BENCHMARKS.md). Writes bench/results.json; with --chart and --doc (`make bench`) also
@@ -45,7 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 TABLE_START, TABLE_END = "<!-- bench:table:start -->", "<!-- bench:table:end -->"
 EXPECTED_ROUTE = {"guarded": "model", "default": "model", "batch": "model", "heuristic": "heuristic",
-                  "drift_on": "model", "drift_off": "model", "micro_batching": "model"}
+                  "drift_on": "model", "drift_off": "model", "micro_batching": "model",
+                  "store_off": "model"}
 # Measured at the highest concurrency only: batching peers, which at concurrency 1 have nothing to
 # batch and would only add time.
 HIGHEST_ONLY = {"adaptive"}
@@ -157,7 +159,7 @@ def plan_groups(drift_name: str) -> list[Group]:
     step share a server except bare's: each server's CPU time is its scenario's."""
     return [
         Group("guarded", ["guarded", drift_name], tight=True),
-        Group("default", ["default"], tight=True),
+        Group("default", ["default", "store_off"], tight=True),
         Group("micro_batching", ["micro_batching", "adaptive"], tight=True),
         Group("guarded", ["batch"], tight=False),
         Group("heuristic", ["heuristic"], tight=False),
@@ -271,7 +273,7 @@ def measure(args: argparse.Namespace) -> dict:
     groups = plan_groups(drift_name)
     latency = reference_model_latency()  # before any server runs: the machine is the quietest
     with tempfile.TemporaryDirectory(prefix="mlguard-bench-") as tmp:
-        print(f"starting bare, adaptive, guarded and {drift_name} ({args.workers} worker(s) each) ...",
+        print(f"starting bare, adaptive, guarded, store_off and {drift_name} ({args.workers} worker(s) each) ...",
               file=sys.stderr)
         procs = start_servers(args.workers, max(concurrencies), Path(tmp))
         try:

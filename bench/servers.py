@@ -78,6 +78,9 @@ def start_servers(workers: int, model_concurrency: int, root: Path) -> dict[str,
     guarded = {
         "guarded": configurations(model_concurrency)["guarded"],
         drift_name: drift_overrides,
+        # The shipped configuration without the prediction log (store.enabled is a restart key,
+        # so a server of its own), measured beside `default`: what logging every answer costs.
+        "store_off": {**configurations(model_concurrency)["default"], "store": {"enabled": False}},
     }
     bare_env = {"BARE_WORKERS": str(workers)}
     procs = {

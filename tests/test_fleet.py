@@ -65,7 +65,8 @@ def instance(tmp_path_factory, database: str, proxy: TcpProxy, name: str) -> Ser
         workdir=tmp_path_factory.mktemp(name),
         config_text=config_text(),
         env={"MLGUARD_STORE__URL": via_port(database, proxy.port), "MLGUARD_FEEDBACK_TOKEN": TOKEN,
-             "MLGUARD_MONITORING_TOKEN": TOKEN, "MLGUARD_ADMIN_TOKEN": TOKEN},
+             "MLGUARD_MONITORING_TOKEN": TOKEN, "MLGUARD_ADMIN_TOKEN": TOKEN,
+             "MLGUARD_DRIFT__CLIENT_HEADER": "x-api-key"},
     )
 
 
@@ -89,7 +90,11 @@ def traffic() -> dict[str, list[dict]]:
     names = CREDIT_APP.features.names
     shifted = held_out[(held_out.job == "partime") & (held_out.records == "yes")]
     shifted = pd.concat([shifted, held_out[held_out.job == "partime"]]).head(WINDOW)
-    return {"normal": to_rows(held_out, names), "shifted": to_rows(shifted, names)}
+    inflated = held_out.tail(300).copy()  # distinct rows whose money fields drift
+    for column in ("income", "assets", "debt", "amount", "price", "expenses"):
+        inflated[column] = inflated[column] * 1.5
+    return {"normal": to_rows(held_out, names), "shifted": to_rows(shifted, names),
+            "inflated": to_rows(inflated, names)}
 
 
 def status(server: ServerProcess) -> dict | None:
@@ -149,6 +154,25 @@ def test_a_shifted_population_routes_every_instance_and_back(fleet, traffic) -> 
     for s in fleet:
         assert wait_until(
             lambda s=s: not any("drift.detected" in p["reasons"] for p in send(s, traffic["normal"][:5])), 5)
+
+
+def test_one_client_cannot_steer_the_fleet(fleet, traffic) -> None:
+    """One API key replaying a few hundred drifted rows through all three instances holds at
+    most drift.max_client_share of the fleet's window: routing never switches."""
+    round_robin(fleet, traffic["normal"][:200])
+    checks_before = drift_checks(fleet)
+    deadline = time.monotonic() + 4 * INTERVAL_S
+    while time.monotonic() < deadline:
+        for i, s in enumerate(fleet):
+            rows = traffic["inflated"][i * 100 : (i + 1) * 100]
+            r = httpx.post(f"{s.url}/predict_batch", json={"applications": rows},
+                           headers={"x-api-key": "one-client"}, timeout=30)
+            assert r.status_code == 200
+            assert not any("drift.detected" in p["reasons"] for p in r.json()["predictions"])
+        assert all(not status(s)["routing_to_fallback"] for s in fleet)
+    assert drift_checks(fleet) - checks_before >= 3  # judged all along
+    judge = next(status(s) for s in fleet if status(s)["fleet"]["role"] == "judge")
+    assert judge["largest_client_share"] <= 0.1 + 1e-9
 
 
 def test_a_killed_judge_is_replaced_within_two_intervals(fleet, traffic) -> None:

@@ -39,6 +39,7 @@ class FleetRow:
     inputs: dict[str, Any] | None
     model_output: dict[str, Any] | None
     rules_output: dict[str, Any] | None
+    client: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +84,13 @@ class FleetStore:
         """The newest `limit` rows served by `version` with ts > since_ts, oldest first."""
         with self._store.db.transaction(write=False) as cur:
             rows = cur.execute(
-                "SELECT request_id, ts, route, inputs, model_output, rules_output "
+                "SELECT request_id, ts, route, inputs, model_output, rules_output, client "
                 "FROM mlguard_predictions WHERE app = ? AND model_version = ? AND ts > ? "
                 "ORDER BY ts DESC LIMIT ?",
                 (self.app, version, since_ts, int(limit)),
             ).fetchall()
-        return [FleetRow(r[0], r[1], r[2], load(r[3]), load(r[4]), load(r[5])) for r in reversed(rows)]
+        return [FleetRow(r[0], r[1], r[2], load(r[3]), load(r[4]), load(r[5]), r[6])
+                for r in reversed(rows)]
 
     def publish(self, kind: str, payload: dict[str, Any], checked_at: float) -> None:
         with self._store.db.transaction() as cur:

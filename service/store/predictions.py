@@ -22,7 +22,7 @@ from service.store.urls import parse_store_url
 
 PREDICTION_COLUMNS = (
     "request_id", "app", "ts", "model_version", "route", "cause", "reasons", "inputs",
-    "model_output", "rules_output", "answer",
+    "model_output", "rules_output", "answer", "client",
 )
 INSERT_PREDICTION = (
     f"INSERT INTO mlguard_predictions ({', '.join(PREDICTION_COLUMNS)}) "
@@ -45,8 +45,13 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+# One encoder for every value: json.dumps with options builds a new encoder per call, which cost
+# more than the encoding itself on the prediction log's small rows (about half the write's CPU).
+_ENCODE = json.JSONEncoder(separators=(",", ":"), default=_plain).encode
+
+
 def dump(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"), default=_plain)
+    return None if value is None else _ENCODE(value)
 
 
 def load(text: str | None) -> Any:
@@ -87,7 +92,7 @@ class PredictionStore:
             (
                 r.request_id, r.app, float(r.ts), r.model_version, r.route, r.cause,
                 dump(list(r.reasons)), dump(r.inputs), dump(r.model_output),
-                dump(r.rules_output), dump(r.answer),
+                dump(r.rules_output), dump(r.answer), r.client,
             )
             for r in records
         ]

@@ -29,6 +29,9 @@ class PredictionRecord:
     model_output: dict[str, Any] | None = None
     rules_output: dict[str, Any] | None = None
     answer: dict[str, Any] = field(default_factory=dict)
+    # The sender's hashed identity (drift.client_header), for the fleet drift window's
+    # per-client cap; None when the deployment identifies no client.
+    client: str | None = None
 
 
 class FeedbackResult(enum.Enum):

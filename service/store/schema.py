@@ -51,7 +51,8 @@ MIGRATIONS: tuple[Migration, ...] = (
                 inputs TEXT,
                 model_output TEXT,
                 rules_output TEXT,
-                answer TEXT NOT NULL
+                answer TEXT NOT NULL,
+                client TEXT
             )""",
             "CREATE INDEX mlguard_predictions_app_ts ON mlguard_predictions (app, ts)",
             """CREATE TABLE mlguard_outcomes (

@@ -284,7 +284,7 @@ def _fleet_drift(
         if model is not None and rules is not None:
             agreed = app.task.agree(app.task.from_score(model, policy),
                                     app.task.from_score(rules, policy), policy)
-        return WindowRow(app.features_of(row.inputs), model, agreed)
+        return WindowRow(app.features_of(row.inputs), model, agreed, row.client)
 
     return FleetDrift(fleet, monitor, window_row,
                       lambda: served().version if served() is not None else None,

@@ -22,19 +22,21 @@ from pathlib import Path
 from typing import Any
 
 from monitors import reasons
-from monitors.tasks import InvalidOutput, Output
+from monitors.tasks import InvalidOutput, Output, OutputPolicy
 from service.scoring.model import LoadedModel, output_policy
 from service.scoring.pipeline import Recorder
 from service.scoring.prediction import ROUTE_HEURISTIC, ROUTE_MODEL, Prediction, issued_at
 from service.spec import GuardedApp
 from service.store import PredictionRecord
 from service.worker.config import Settings, StoreConfig
+from service.worker.drift_feed import request_client
 
 log = logging.getLogger("mlguard.store")
 
 SALT_ENV = "MLGUARD_REDACT_SALT"
 
-Pending = tuple[dict[str, Any], Prediction, Settings]  # a row, its answer, the config it was answered under
+# A row, its answer, the config it was answered under, and its sender's hashed identity.
+Pending = tuple[dict[str, Any], Prediction, Settings, str | None]
 
 
 def store_url(state_dir: Path, store: StoreConfig) -> str:
@@ -87,19 +89,24 @@ class PredictionLogRecorder(Recorder):
 
     def record(self, rows: list[dict[str, Any]], predictions: list[Prediction], violations: Any,
                cfg: Settings) -> None:
-        self._append([(row, p, cfg) for row, p in zip(rows, predictions)])
+        client = request_client(cfg.drift)  # once per request; None unless configured
+        self._append([(row, p, cfg, client) for row, p in zip(rows, predictions)])
 
     def prepare(self, items: list[Pending]) -> list[PredictionRecord]:
         """Runs in the writer thread: adds the shadow outputs and applies the privacy settings."""
         served = self._served()
         model_shadow = self._model_shadow(items, served)
+        policies: dict[int, OutputPolicy] = {}  # one per config snapshot, not one per row
         records = []
-        for i, (row, p, cfg) in enumerate(items):
+        for i, (row, p, cfg, client) in enumerate(items):
             model_out = p.output.fields if p.route == ROUTE_MODEL else model_shadow.get(i)
             if p.route == ROUTE_HEURISTIC:
                 rules_out = p.output.fields
             elif p.route == ROUTE_MODEL:
-                rules_out = self._rules_shadow(row, served, cfg)
+                policy = policies.get(id(cfg))
+                if policy is None:
+                    policy = policies[id(cfg)] = _policy(served, cfg)
+                rules_out = self._rules_shadow(row, policy)
             else:  # the safe default: the rules failed on this row
                 rules_out = None
             records.append(PredictionRecord(
@@ -114,13 +121,13 @@ class PredictionLogRecorder(Recorder):
                 model_output=model_out,
                 rules_output=rules_out,
                 answer=p.output.fields,
+                client=client,
             ))
         return records
 
-    def _rules_shadow(self, row: dict[str, Any], served: LoadedModel | None,
-                      cfg: Settings) -> dict[str, Any] | None:
+    def _rules_shadow(self, row: dict[str, Any], policy: OutputPolicy) -> dict[str, Any] | None:
         try:
-            return self.app.task.from_rules(self.app.heuristic.score(row), _policy(served, cfg)).fields
+            return self.app.task.from_rules(self.app.heuristic.score(row), policy).fields
         except Exception:  # noqa: BLE001 -- a failing rule leaves no shadow, never a lost row
             return None
 
@@ -129,7 +136,7 @@ class PredictionLogRecorder(Recorder):
         if served is None:
             return {}
         chosen = [
-            i for i, (_, p, cfg) in enumerate(items)
+            i for i, (_, p, cfg, _) in enumerate(items)
             if p.cause == reasons.PERFORMANCE_BELOW_RULES
             and random.random() < cfg.performance.shadow_ratio
         ]
@@ -145,6 +152,6 @@ class PredictionLogRecorder(Recorder):
         return {i: out.fields for i, out in zip(chosen, outputs) if isinstance(out, Output)}
 
 
-def _policy(served: LoadedModel | None, cfg: Settings) -> Any:
+def _policy(served: LoadedModel | None, cfg: Settings) -> OutputPolicy:
     return output_policy(served.card if served else None, cfg.decision.threshold,
                          cfg.output_checks.range_tolerance, cfg.shadow.tolerance)
