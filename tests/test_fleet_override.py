@@ -28,6 +28,9 @@ from tests.support.server import ServerProcess
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import wait_until
 
+# A long drill (three servers): in CI and `make test-all`, not in a local `make test`.
+pytestmark = pytest.mark.drill
+
 TOKEN = "fleet-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 APP = "credit_risk"

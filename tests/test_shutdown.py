@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import sqlite3
 import threading
 import time
 
@@ -89,8 +90,10 @@ def test_requests_in_flight_at_sigterm_all_complete(slow_server: ServerProcess) 
 
 @pytest.fixture
 def plain_server(tmp_path):
-    """Logs every prediction (the default): the log says which requests the service processed."""
-    proc = ServerProcess(workdir=tmp_path, workers=2, env=NO_DRIFT_ROUTING).start()
+    """Logs every prediction as a JSON line (1% by default): the log says which requests the
+    service processed."""
+    env = {**NO_DRIFT_ROUTING, "MLGUARD_LOGGING__PREDICTION_SAMPLE_RATIO": "1.0"}
+    proc = ServerProcess(workdir=tmp_path, workers=2, env=env).start()
     yield proc
     proc.stop()
 
@@ -120,4 +123,8 @@ def test_sigterm_during_load_loses_no_accepted_request(plain_server: ServerProce
         if line.startswith('{"event":"prediction"')
     }
     assert processed == delivered
+    # The workers' write buffers were flushed on the way out: every answer is in the store.
+    with sqlite3.connect(plain_server.workdir / "state" / "credit_risk" / "predictions.db") as db:
+        stored = {row[0] for row in db.execute("SELECT request_id FROM mlguard_predictions")}
+    assert delivered <= stored
     assert all(isinstance(r.error, (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)) for r in refused)

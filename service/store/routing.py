@@ -5,7 +5,7 @@ One row per plug-in in `mlguard_routing` (the override in force) and one row per
 on PostgreSQL the same transaction sends `NOTIFY mlguard_routing, '<app>'`, delivered to every
 listening instance when it commits, so nobody hears of a change that was rolled back.
 
-    store = open_routing(url, "credit_risk")
+    store = open_routing(url, "spam_filter")
     store.set("fallback", actor="alice", source="10.0.0.7", reason="bad release")
     store.current()          # RoutingEntry(mode="fallback", ...)
     store.history(limit=10)  # newest first
