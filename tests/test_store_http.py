@@ -221,6 +221,8 @@ def test_store_cut_under_load(client, pg_server, proxy) -> None:
         t.start()
     try:
         assert wait_until(lambda: total(scrape(pg_server.url), "mlguard_store_up") == 0, 15)
+        assert wait_until(
+            lambda: total(scrape(pg_server.url), "mlguard_prediction_log_buffer_rows") > 0, 15)
         down = client.post("/feedback", headers=AUTH, json={"request_id": "0" * 32, "outcome": "bad"})
         assert down.status_code == 503 and "unreachable" in down.json()["error"]
         time.sleep(3)

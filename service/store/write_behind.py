@@ -73,7 +73,8 @@ class WriteBehindLog(Generic[T]):
     the batch in flight, which cannot be taken back.
 
     Callbacks (called from whichever thread moved the rows; exceptions in them are logged and
-    ignored): `on_written(n)`, `on_dropped(n)`, and `store_up(ok)` on the first write outcome
+    ignored): `on_written(n)`, `on_dropped(n)`, `on_depth(rows waiting)` after every flush
+    attempt, and `store_up(ok)` on the first write outcome
     and on every change between success and failure.
     """
 
@@ -88,6 +89,7 @@ class WriteBehindLog(Generic[T]):
         on_written: Count = _ignore,
         on_dropped: Count = _ignore,
         store_up: Callable[[bool], None] | None = None,
+        on_depth: Count = _ignore,
         backoff: Backoff | None = None,
         name: str = "mlguard-prediction-log",
     ) -> None:
@@ -101,6 +103,7 @@ class WriteBehindLog(Generic[T]):
         self.on_written = on_written
         self.on_dropped = on_dropped
         self.store_up = store_up
+        self.on_depth = on_depth  # the rows waiting, after every flush attempt (a gauge)
         self.backoff = backoff or Backoff()
         self.name = name
         self._cond = threading.Condition(threading.Lock())
@@ -195,6 +198,7 @@ class WriteBehindLog(Generic[T]):
                 if self._stopping:
                     break
             self._drain(final=False)
+            self._emit(self.on_depth, self.buffer_rows())
             next_flush = time.monotonic() + self.interval_s
         self._drain(final=True)
 

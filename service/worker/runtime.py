@@ -130,12 +130,15 @@ class GuardedRuntime:
         recorder = PredictionLogRecorder(
             self.app, lambda items: writer.append(items), lambda: self.slot.current, redactor
         )
+        # The writer has a connection of its own (feedback never waits on a flush), not fsynced
+        # per commit on SQLite: a killed worker loses its buffer anyway, a power cut a bit more.
         writer = WriteBehindLog(
-            open_store(url, self.app.name, connect_now=False),  # its own connection: feedback
-            recorder.prepare,                                   # never waits on a flush
+            open_store(url, self.app.name, connect_now=False, durable=False),
+            recorder.prepare,
             capacity=cfg.buffer_rows, batch_rows=cfg.batch_rows, interval_s=cfg.flush_interval_s,
             on_written=written.inc, on_dropped=dropped.inc,
             store_up=lambda up: m.store_up.set(1 if up else 0),
+            on_depth=m.buffer_rows.set,
         )
         return open_store(url, self.app.name, connect_now=False), writer, recorder
 
