@@ -155,6 +155,15 @@ def test_shifted_population_routes_to_rules_and_normal_traffic_back(client, traf
         assert sum(p["route"] == "model" for p in answered) >= 15
 
 
+def test_feedback_is_disabled_without_its_token(client) -> None:
+    """This server sets no MLGUARD_FEEDBACK_TOKEN: POST /feedback is refused with 403 naming it,
+    whatever the header (the monitoring token opens reads only)."""
+    for headers in ({}, {"Authorization": "Bearer anything"},
+                    {"Authorization": f"Bearer {MONITORING_TOKEN}"}):
+        r = client.post("/feedback", headers=headers, json={"request_id": "0" * 32, "outcome": "bad"})
+        assert r.status_code == 403 and "MLGUARD_FEEDBACK_TOKEN" in r.json()["error"], r.text
+
+
 def test_drift_metrics_are_exported(client) -> None:
     text = client.get("/metrics").text
     for name in (
