@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from apps.credit.app import CREDIT_APP
 from apps.credit.data import load_credit_data, split_data, to_rows
-from tests.support.server import ROOT, ServerProcess
+from tests.support.server import ServerProcess, shipped_config
 
 SMALL_WINDOW = {
     "window_size: 500": "window_size: 100",
@@ -40,10 +40,7 @@ def phases() -> list[tuple[str, list[dict]]]:
 
 
 def config_text() -> str:
-    text = (ROOT / "config" / "mlguard.yaml").read_text()
-    for old, new in SMALL_WINDOW.items():
-        text = text.replace(old, new)
-    return text
+    return shipped_config(SMALL_WINDOW)
 
 
 def wait_for_drift_process(client: httpx.Client, timeout_s: float = 180) -> None:

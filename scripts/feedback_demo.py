@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from apps.credit.app import CREDIT_APP
 from apps.credit.data import TARGET, load_credit_data, split_data, to_rows
-from tests.support.server import ROOT, ServerProcess
+from tests.support.server import ServerProcess, shipped_config
 
 TOKEN = "feedback-demo"
 SMALL_WINDOW = {
@@ -39,10 +39,7 @@ Outcome = Callable[[dict, str], str]  # (row, true outcome) -> the outcome poste
 
 
 def config_text() -> str:
-    text = (ROOT / "config" / "mlguard.yaml").read_text()
-    for old, new in SMALL_WINDOW.items():
-        text = text.replace(old, new)
-    return text
+    return shipped_config(SMALL_WINDOW)
 
 
 def by_the_rules(rng: random.Random) -> Outcome:

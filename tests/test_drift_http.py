@@ -21,7 +21,7 @@ from apps.credit.data import load_credit_data, split_data, to_rows
 from service.worker.drift_service import NICENESS
 from tests.conftest import MONITORING_TOKEN, wait_until
 from tests.support.prometheus import PrometheusProcess, require_binary, scraping
-from tests.support.server import ROOT, ServerProcess
+from tests.support.server import ROOT, ServerProcess, shipped_config
 
 WINDOW = 100
 DRIFT_CONFIG = {
@@ -38,12 +38,8 @@ CHROMIUM_FLAGS = [
 
 @pytest.fixture(scope="module")
 def drift_server(tmp_path_factory) -> Iterator[ServerProcess]:
-    text = (ROOT / "config" / "mlguard.yaml").read_text()
-    for old, new in DRIFT_CONFIG.items():
-        assert old in text, old
-        text = text.replace(old, new)
     proc = ServerProcess(
-        workdir=tmp_path_factory.mktemp("drift"), workers=2, config_text=text,
+        workdir=tmp_path_factory.mktemp("drift"), workers=2, config_text=shipped_config(DRIFT_CONFIG),
         env={"MLGUARD_MONITORING_TOKEN": MONITORING_TOKEN},  # the report is behind it
     ).start()
     try:

@@ -22,7 +22,7 @@ from apps.credit.data import load_credit_data, split_data, to_rows
 from tests.support.data import held_out_outcomes, held_out_rows
 from tests.support.metrics import scrape, total
 from tests.support.postgres import fresh_database, server_address, via_port
-from tests.support.server import ROOT, ServerProcess, descendants
+from tests.support.server import ServerProcess, descendants, shipped_config
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import wait_until
 
@@ -41,11 +41,7 @@ CONFIG = {
 
 
 def config_text() -> str:
-    text = (ROOT / "config" / "mlguard.yaml").read_text()
-    for old, new in CONFIG.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    return text
+    return shipped_config(CONFIG)
 
 
 @pytest.fixture(scope="module")

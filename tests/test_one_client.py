@@ -22,7 +22,7 @@ from apps.credit.app import CREDIT_APP
 from apps.credit.data import load_credit_data, split_data, to_rows
 from service.worker.config import parse
 from tests.conftest import wait_until
-from tests.support.server import ROOT, ServerProcess
+from tests.support.server import ServerProcess, shipped_config
 
 WINDOW = 100
 CONFIG = {
@@ -36,11 +36,7 @@ CONFIG = {
 
 
 def _config_text() -> str:
-    text = (ROOT / "config" / "mlguard.yaml").read_text()
-    for old, new in CONFIG.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    return text
+    return shipped_config(CONFIG)
 
 
 DRIFT = parse(_config_text()).drift

@@ -22,7 +22,7 @@ from apps.credit.app import CREDIT_APP
 from tests.support.data import held_out_outcomes, held_out_rows
 from tests.support.metrics import scrape, total
 from tests.support.postgres import fresh_database, server_address, via_port
-from tests.support.server import ROOT, ServerProcess
+from tests.support.server import ServerProcess, shipped_config
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.wait import wait_until
 
@@ -44,11 +44,7 @@ SMALL_WINDOW = {
 
 
 def config_text() -> str:
-    text = (ROOT / "config" / "mlguard.yaml").read_text()
-    for old, new in SMALL_WINDOW.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    return text
+    return shipped_config(SMALL_WINDOW)
 
 
 @pytest.fixture(scope="module")

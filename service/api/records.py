@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
@@ -28,6 +28,8 @@ from starlette.routing import Route
 from service.api.auth import admin_auth, feedback_auth, monitoring_auth
 from service.scoring.prediction import issued_at
 from service.store import FeedbackResult, Outcome
+
+T = TypeVar("T")
 
 STATUS_CODES = {
     FeedbackResult.RECORDED: 200,
@@ -51,6 +53,14 @@ class OutcomeBatchIn(BaseModel):
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+async def _in_store(call: Callable[..., T], *args: Any) -> T | JSONResponse:
+    """`call(*args)` in a thread (the store blocks); a 503 to answer when the store is down."""
+    try:
+        return await run_in_threadpool(call, *args)
+    except Exception as exc:  # noqa: BLE001 -- the store is down: the caller must retry
+        return _error(503, f"the store is unreachable, retry later ({type(exc).__name__})")
 
 
 def check_outcome(task: Any, outcome: Any) -> str | float:
@@ -109,10 +119,9 @@ def records_app(runtime: Callable[[], Any]) -> Starlette:
             issued = issued_at(item.request_id)
             entries.append(Outcome(item.request_id, value, now,
                                    pending_ok=issued is not None and now - issued <= horizon))
-        try:
-            results = await run_in_threadpool(rt.records.add_outcomes, entries)
-        except Exception as exc:  # noqa: BLE001 -- the store is down: the caller must retry
-            return _error(503, f"the store is unreachable, retry later ({type(exc).__name__})")
+        results = await _in_store(rt.records.add_outcomes, entries)
+        if isinstance(results, JSONResponse):
+            return results
         for entry, result in zip(entries, results):
             rt.store_metrics.feedback.labels(result.value).inc()
             issued = issued_at(entry.request_id)
@@ -140,10 +149,9 @@ def records_app(runtime: Callable[[], Any]) -> Starlette:
         if refused is not None:
             return refused
         request_id = request.path_params["request_id"]
-        try:
-            record = await run_in_threadpool(rt.records.get, request_id)
-        except Exception as exc:  # noqa: BLE001
-            return _error(503, f"the store is unreachable, retry later ({type(exc).__name__})")
+        record = await _in_store(rt.records.get, request_id)
+        if isinstance(record, JSONResponse):
+            return record
         if record is None:
             return _error(404, f"no prediction {request_id} in the log (unknown, deleted, past "
                                "retention, or still in a write buffer for a moment)")
@@ -154,10 +162,9 @@ def records_app(runtime: Callable[[], Any]) -> Starlette:
         if refused is not None:
             return refused
         request_id = request.path_params["request_id"]
-        try:
-            deleted = await run_in_threadpool(rt.records.delete, request_id)
-        except Exception as exc:  # noqa: BLE001
-            return _error(503, f"the store is unreachable, retry later ({type(exc).__name__})")
+        deleted = await _in_store(rt.records.delete, request_id)
+        if isinstance(deleted, JSONResponse):
+            return deleted
         if not deleted:
             return _error(404, f"no prediction {request_id} in the log")
         return JSONResponse({"request_id": request_id, "deleted": True})

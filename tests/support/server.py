@@ -17,6 +17,17 @@ BENTOML = str(Path(sys.executable).parent / "bentoml")
 CREDIT_SERVICE = "apps.credit.app:CreditRiskService"
 
 
+def shipped_config(edits: dict[str, str]) -> str:
+    """config/mlguard.yaml with each text `old` replaced by `new` (first occurrence only). An edit
+    that finds nothing raises: the shipped file changed under the caller."""
+    text = (ROOT / "config" / "mlguard.yaml").read_text()
+    for old, new in edits.items():
+        if old not in text:
+            raise ValueError(f"config/mlguard.yaml has no {old!r} to edit")
+        text = text.replace(old, new, 1)
+    return text
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
