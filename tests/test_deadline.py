@@ -55,3 +55,17 @@ def test_abandoned_calls_hold_their_slots_so_the_next_rows_are_overloaded_not_qu
         overloaded = [_reasons(client) for _ in range(5)]
     assert overloaded == [["model.overloaded"]] * 5
     assert total(scrape(server.url), "mlguard_requests_total", reason="model.overloaded") >= 5
+
+
+def test_a_fast_model_is_called_inline_until_a_fault_drill_starts(server, edit_config) -> None:
+    # One connection keeps talking to one worker, whose state GET /admin/state then shows.
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for _ in range(150):  # more calls than a version needs to qualify (InlinePolicy)
+            assert client.post("/predict", json=GOOD_ROW).json()["route"] == "model"
+        assert client.get("/admin/state").json()["model"]["inline"] is True
+        config = yaml.safe_load(server.config_path.read_text())
+        config["faults"].update(model_delay_ms=1, model_delay_ratio=1.0)
+        edit_config(yaml.safe_dump(config))
+        # The drill's delays must never block the event loop: every call goes to a thread.
+        assert wait_until(lambda: client.get("/admin/state").json()["model"]["inline"] is False, 10)
+        assert client.post("/predict", json=GOOD_ROW).json()["route"] == "model"

@@ -83,6 +83,10 @@ class ModelConfig(Section):
     micro_batching: bool = True
     micro_batch_max_rows: int = Field(64, ge=2, le=10_000)
     micro_batch_max_wait_ms: float = Field(50.0, ge=0.0, le=1000.0)
+    # A version whose calls keep within this many ms is called on the event loop, without the
+    # thread hand-off (service/scoring/model_call.py, InlinePolicy); the deadline cannot cut such
+    # a call short. 0: every call in a thread.
+    inline_max_ms: float = Field(1.0, ge=0.0, le=50.0)
 
 
 class CircuitConfig(Section):

@@ -16,7 +16,7 @@ from monitors.circuit import OPEN, CircuitBreaker, CircuitListener, CircuitMetri
 from monitors.metrics import Metrics, StoreMetrics
 from service.scoring.faults import FaultyHeuristic, FaultyModel
 from service.scoring.model import LoadedModel
-from service.scoring.model_call import DeadlineModelCall, Scored
+from service.scoring.model_call import DeadlineModelCall, InlinePolicy, Scored
 from service.scoring.pipeline import GuardedPipeline, Recorder, Recorders
 from service.scoring.prediction import UNAVAILABLE
 from service.scoring.recorder import MetricsRecorder
@@ -83,7 +83,10 @@ class GuardedRuntime:
             ],
         )
         self._drill = FaultyModel(self.settings)
-        self.model_call = DeadlineModelCall(self._predict, lambda: self.settings().model)
+        self.inline = InlinePolicy(
+            self._inline_limit_ms, lambda: self.slot.current.version if self.slot.current else None
+        )
+        self.model_call = DeadlineModelCall(self._predict, lambda: self.settings().model, self.inline)
         self.drift = (
             DriftFeed(drift_client,
                       lambda: self.slot.current.version if self.slot.current else None,
@@ -149,6 +152,10 @@ class GuardedRuntime:
             raise RuntimeError("no model version loaded")
         return Scored(served.version, self._drill(served.model.predict_rows, rows))
 
+    def _inline_limit_ms(self) -> float:
+        cfg = self.settings()
+        return 0.0 if cfg.faults.active else cfg.model.inline_max_ms  # a drill's delays stay in threads
+
     def _on_version(self, loaded: LoadedModel) -> None:
         self.circuit.reset()  # a new version is judged on its own calls
         self._publish_model(loaded)
@@ -200,6 +207,7 @@ class GuardedRuntime:
                 "tag": self.slot.tag,
                 "version": served.version if served else UNAVAILABLE,
                 "loaded": served is not None,
+                "inline": self.inline.inline,  # called on the event loop (model.inline_max_ms)
                 "previous": self.slot.previous.version if self.slot.previous else None,
                 "problem": self.slot.problem,
                 "rolled_back": self.slot.rolled_back,
