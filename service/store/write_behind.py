@@ -23,6 +23,7 @@ from service.store.records import PredictionRecord
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+PREPARE_SLICE = 50  # items prepared between two releases of the GIL (~1 ms of the rules' shadow)
 Count = Callable[[int], None]
 
 
@@ -224,7 +225,7 @@ class WriteBehindLog(Generic[T]):
                 self._in_flight = n
             if items:
                 try:
-                    records = self.prepare(items)
+                    records = self._prepare(items)
                     if len(records) != len(items):
                         raise ValueError(f"prepare returned {len(records)} records for {n} items")
                 except Exception:  # noqa: BLE001 -- counted as dropped, logged once
@@ -240,6 +241,16 @@ class WriteBehindLog(Generic[T]):
                 time.sleep(max(0.0, min(delay, self._deadline - time.monotonic())))
             else:
                 self._finish(n, written=True)
+
+    def _prepare(self, items: list[T]) -> list[PredictionRecord]:
+        """`prepare` in slices, letting go of the GIL between them. Under load the event loop
+        wants it back at once, and a whole batch prepared in one go held it for milliseconds at a
+        time (the switch interval is 5 ms): a visible share of the answers' p99."""
+        records: list[PredictionRecord] = []
+        for start in range(0, len(items), PREPARE_SLICE):
+            records.extend(self.prepare(items[start : start + PREPARE_SLICE]))
+            time.sleep(0)  # releases the GIL; a thread waiting for it takes it now
+        return records
 
     def _finish(self, n: int, written: bool) -> None:
         """Account for a batch the flusher took: written, or dropped (prepare failed)."""
