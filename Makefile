@@ -79,7 +79,7 @@ lock: $(STAMP)
 k8s-sync: $(STAMP)
 	$(BIN)/python scripts/sync_kubernetes.py --app $(APP)
 
-# Guarded vs bare BentoML on loopback (docs/BENCHMARKS.md). bench: ~12 min, writes bench/results.json,
+# Guarded vs bare BentoML on loopback (docs/BENCHMARKS.md). bench: ~15 min, writes bench/results.json,
 # bench/results.png and the table in docs/BENCHMARKS.md; bench-quick: ~4 min, results.json only.
 .PHONY: bench bench-quick
 bench: model
