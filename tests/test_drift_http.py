@@ -13,13 +13,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pandas as pd
 import pytest
 
 from apps.credit.app import CREDIT_APP
-from apps.credit.data import load_credit_data, split_data, to_rows
 from service.worker.drift_service import NICENESS
 from tests.conftest import MONITORING_TOKEN, wait_until
+from tests.support.data import drift_traffic
 from tests.support.prometheus import PrometheusProcess, require_binary, scraping
 from tests.support.server import ROOT, ServerProcess, shipped_config
 
@@ -69,12 +68,7 @@ def prometheus(drift_server: ServerProcess, tmp_path_factory) -> Iterator[Promet
 
 @pytest.fixture(scope="module")
 def traffic() -> dict[str, list[dict]]:
-    split = split_data(load_credit_data())
-    held_out = pd.concat([split.validation, split.test], ignore_index=True)
-    names = CREDIT_APP.features.names
-    shifted = held_out[(held_out.job == "partime") & (held_out.records == "yes")]
-    shifted = pd.concat([shifted, held_out[held_out.job == "partime"]]).head(WINDOW)
-    return {"normal": to_rows(held_out, names), "shifted": to_rows(shifted, names)}
+    return drift_traffic(WINDOW)
 
 
 def _status(url: str) -> dict | None:

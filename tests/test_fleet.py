@@ -14,12 +14,16 @@ from collections import Counter
 from collections.abc import Iterator
 
 import httpx
-import pandas as pd
 import pytest
 
 from apps.credit.app import CREDIT_APP
-from apps.credit.data import load_credit_data, split_data, to_rows
-from tests.support.data import held_out_outcomes, held_out_rows
+from apps.credit.data import to_rows
+from tests.support.data import (
+    held_out_frame,
+    held_out_outcomes,
+    held_out_rows,
+    shifted_population,
+)
 from tests.support.metrics import scrape, total
 from tests.support.postgres import fresh_database, server_address, via_port
 from tests.support.server import ServerProcess, descendants, shipped_config
@@ -81,11 +85,9 @@ def fleet(tmp_path_factory, database: str, proxy: TcpProxy) -> Iterator[list[Ser
 
 @pytest.fixture(scope="module")
 def traffic() -> dict[str, list[dict]]:
-    split = split_data(load_credit_data())
-    held_out = pd.concat([split.validation, split.test], ignore_index=True)
+    held_out = held_out_frame()
     names = CREDIT_APP.features.names
-    shifted = held_out[(held_out.job == "partime") & (held_out.records == "yes")]
-    shifted = pd.concat([shifted, held_out[held_out.job == "partime"]]).head(WINDOW)
+    shifted = shifted_population(held_out, WINDOW)
     inflated = held_out.tail(300).copy()  # distinct rows whose money fields drift
     for column in ("income", "assets", "debt", "amount", "price", "expenses"):
         inflated[column] = inflated[column] * 1.5

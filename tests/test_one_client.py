@@ -15,13 +15,13 @@ import time
 from collections.abc import Callable, Iterator
 
 import httpx
-import pandas as pd
 import pytest
 
 from apps.credit.app import CREDIT_APP
-from apps.credit.data import load_credit_data, split_data, to_rows
+from apps.credit.data import to_rows
 from service.worker.config import parse
 from tests.conftest import wait_until
+from tests.support.data import held_out_frame, shifted_population
 from tests.support.server import ServerProcess, shipped_config
 
 WINDOW = 100
@@ -64,12 +64,9 @@ def client(server: ServerProcess) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def traffic() -> dict[str, list[dict]]:
-    split = split_data(load_credit_data())
-    held_out = pd.concat([split.validation, split.test], ignore_index=True)
+    held_out = held_out_frame()
     names = CREDIT_APP.features.names
-    # The shifted population of tests/test_drift_http.py: part-time applicants, many with records.
-    shifted = held_out[(held_out.job == "partime") & (held_out.records == "yes")]
-    shifted = pd.concat([shifted, held_out[held_out.job == "partime"]]).head(WINDOW)
+    shifted = shifted_population(held_out, WINDOW)  # the drift tests' shifted population
     normal = held_out.sample(frac=1.0, random_state=7)  # shuffled: the file is not in random order
     inflated = normal.tail(300).copy()  # a few hundred distinct rows that drift the money fields
     for column in MONEY:

@@ -13,7 +13,7 @@ from typing import Any, Self
 from pydantic_core import to_json
 
 from service.store import schema
-from service.store.database import Cursor, Database, connect
+from service.store.database import Cursor, connect
 from service.store.records import (
     FeedbackResult,
     LabelledRow,
@@ -68,29 +68,11 @@ def load(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
 
-class PredictionStore:
+class PredictionStore(schema.MigratedStore):
     """The prediction log and outcomes of one plug-in (`app`) in a SQLite or PostgreSQL database.
 
     Thread-safe: one connection, one transaction at a time. Open it with `open_store`.
     """
-
-    def __init__(
-        self,
-        db: Database,
-        app: str,
-        migrations: Sequence[schema.Migration] = schema.MIGRATIONS,
-    ) -> None:
-        self.db = db
-        self.app = app
-        self._migrations = migrations
-        self._migrated = False
-        db.on_connect = self._on_connect
-
-    def _on_connect(self, db: Database) -> None:
-        # Once per store object; a reconnect finds the schema already in place.
-        if not self._migrated:
-            schema.migrate(db, self._migrations)
-            self._migrated = True
 
     # -- the prediction log --------------------------------------------------------------
 

@@ -16,12 +16,11 @@ that reads the override and waits for the next NOTIFY (service/worker/fleet_admi
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
 from service.store import schema
-from service.store.database import Cursor, Database, PostgresDatabase, connect
+from service.store.database import Cursor, PostgresDatabase, connect
 from service.store.urls import POSTGRESQL, parse_store_url
 
 CHANNEL = "mlguard_routing"  # the NOTIFY channel; the payload is the plug-in's name
@@ -47,27 +46,13 @@ def _entry(row: tuple[Any, ...]) -> RoutingEntry:
     return RoutingEntry(row[0], row[1], row[2], row[3], float(row[4]))
 
 
-class RoutingStore:
+class RoutingStore(schema.MigratedStore):
     """The override of one plug-in (`app`) in a SQLite or PostgreSQL database.
 
     Uses the store's own connection handling (one connection, one transaction at a time, a
     dropped connection reopened by the next call) and migrates the schema on its first
     connection, like `PredictionStore`. Every method raises on a store error.
     """
-
-    def __init__(
-        self, db: Database, app: str, migrations: Sequence[schema.Migration] = schema.MIGRATIONS
-    ) -> None:
-        self.db = db
-        self.app = app
-        self._migrations = migrations
-        self._migrated = False
-        db.on_connect = self._on_connect
-
-    def _on_connect(self, db: Database) -> None:
-        if not self._migrated:
-            schema.migrate(db, self._migrations)
-            self._migrated = True
 
     def current(self) -> RoutingEntry | None:
         """The override in force, or None when none was ever set."""

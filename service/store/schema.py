@@ -139,6 +139,24 @@ def migrate(db: Database, migrations: Sequence[Migration] = MIGRATIONS) -> int:
     return known
 
 
+class MigratedStore:
+    """Base of the stores over one `Database` for one plug-in (`app`): the schema is brought up
+    to date on the first connection (`migrate`), once per store object; a reconnect finds it in
+    place."""
+
+    def __init__(self, db: Database, app: str, migrations: Sequence[Migration] = MIGRATIONS) -> None:
+        self.db = db
+        self.app = app
+        self._migrations = migrations
+        self._migrated = False
+        db.on_connect = self._on_connect
+
+    def _on_connect(self, db: Database) -> None:
+        if not self._migrated:
+            migrate(db, self._migrations)
+            self._migrated = True
+
+
 def schema_version(db: Database) -> int:
     """The version the database is at (0: never migrated)."""
     with db.transaction(write=False) as cur:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from functools import cache
 
+import pandas as pd
+
 from apps.credit.app import CREDIT_APP
 from apps.credit.data import TARGET, load_credit_data, split_data, to_rows
 
@@ -15,6 +17,26 @@ def credit_rows() -> list[dict]:
 def _test_split() -> tuple[list[dict], list[str]]:
     test = split_data(load_credit_data()).test
     return to_rows(test, CREDIT_APP.features.names), test[TARGET].astype(str).tolist()
+
+
+def held_out_frame() -> pd.DataFrame:
+    """The validation and test splits: rows the model never trained on (in distribution)."""
+    split = split_data(load_credit_data())
+    return pd.concat([split.validation, split.test], ignore_index=True)
+
+
+def shifted_population(held_out: pd.DataFrame, n: int) -> pd.DataFrame:
+    """`n` rows of another population, which drift: part-time applicants, those with records first."""
+    shifted = held_out[(held_out.job == "partime") & (held_out.records == "yes")]
+    return pd.concat([shifted, held_out[held_out.job == "partime"]]).head(n)
+
+
+def drift_traffic(shifted_rows: int) -> dict[str, list[dict]]:
+    """"normal": every held-out row; "shifted": `shifted_rows` rows of the shifted population."""
+    held_out = held_out_frame()
+    names = CREDIT_APP.features.names
+    return {"normal": to_rows(held_out, names),
+            "shifted": to_rows(shifted_population(held_out, shifted_rows), names)}
 
 
 def held_out_rows(n: int, start: int = 0) -> list[dict]:
