@@ -18,7 +18,7 @@ from service.api.json_only import JsonOnly
 from service.api.monitoring import monitoring_app
 from service.api.records import records_app
 from service.spec import GuardedApp
-from service.worker import config, heap
+from service.worker import config, interpreter
 from service.worker.drift_service import build_drift_service, drift_client_of
 from service.worker.logs import quiet_client_errors
 from service.worker.runtime import GuardedRuntime
@@ -57,7 +57,7 @@ def guard(app: GuardedApp) -> Any:
             self.runtime = GuardedRuntime(app, drift_client=drift_client_of(self, DriftService.name))
             workers_runtime.append(self.runtime)  # for the mounted admin app of this worker
             self.runtime.start()
-            heap.settle()  # start-up is done: what it built is frozen (service/worker/heap.py)
+            interpreter.settle()  # start-up is done: collector and GIL set for serving
             log.info("%s worker up (pid %d), model %s", app.name, os.getpid(),
                      self.runtime.admin_view()["model"]["version"])
 

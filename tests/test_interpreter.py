@@ -1,10 +1,11 @@
-"""The worker's garbage-collector settings (service/worker/heap.py)."""
+"""The worker's interpreter settings (service/worker/interpreter.py)."""
 from __future__ import annotations
 
 import gc
+import sys
 import weakref
 
-from service.worker import heap
+from service.worker import interpreter
 
 
 class Node:
@@ -12,15 +13,16 @@ class Node:
         self.me = self  # a reference cycle: only the cyclic collector frees it
 
 
-def test_settle_freezes_the_start_up_heap_and_raises_the_young_threshold() -> None:
-    thresholds = gc.get_threshold()
+def test_settle_freezes_the_start_up_heap_raises_the_young_threshold_and_shortens_switches() -> None:
+    thresholds, interval = gc.get_threshold(), sys.getswitchinterval()
     try:
         garbage = weakref.ref(Node())  # start-up garbage, kept alive only by its own cycle
         assert garbage() is not None
-        heap.settle()
+        interpreter.settle()
         assert garbage() is None  # collected before the freeze, not frozen with the rest
         assert gc.get_freeze_count() > 1000  # what start-up built is no longer walked
-        assert gc.get_threshold() == (heap.YOUNG_THRESHOLD, *heap.OLDER_THRESHOLDS)
+        assert gc.get_threshold() == (interpreter.YOUNG_THRESHOLD, *interpreter.OLDER_THRESHOLDS)
+        assert sys.getswitchinterval() == interpreter.SWITCH_INTERVAL_S < interval
         assert gc.isenabled()  # cycles made later are still collected
         later = weakref.ref(Node())
         gc.collect()
@@ -28,3 +30,4 @@ def test_settle_freezes_the_start_up_heap_and_raises_the_young_threshold() -> No
     finally:
         gc.unfreeze()
         gc.set_threshold(*thresholds)
+        sys.setswitchinterval(interval)
