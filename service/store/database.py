@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -137,7 +138,7 @@ class SqliteDatabase(Database):
         conn = sqlite3.connect(
             path, timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
         )
-        conn.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(conn)
         conn.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         # FULL: an acknowledged outcome survives a power cut, not only a crashed process, at one
         # fsync per transaction. The prediction log's writer uses NORMAL (in WAL mode: fsync only
@@ -149,6 +150,24 @@ class SqliteDatabase(Database):
     def _begin(self, conn: sqlite3.Connection, write: bool) -> Cursor:
         conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         return Cursor(conn.cursor(), lambda sql: sql)
+
+
+def _switch_to_wal(conn: sqlite3.Connection) -> None:
+    """`PRAGMA journal_mode=WAL`, retried while another connection holds the lock it needs.
+
+    On a new file the switch takes an exclusive lock, and SQLite answers "database is locked" at
+    once, without waiting on the busy timeout, when another connection is switching at the same
+    moment (measured: 12 of 150 starts of four stores at once failed).
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 class PostgresDatabase(Database):
