@@ -164,6 +164,29 @@ class DriftMetrics:
             multiprocess_mode="mostrecent", registry=r,
         )
 
+    def show_verdict(self, verdict: dict) -> None:
+        """Show the fleet's verdict as its judge published it (service/worker/fleet_drift.py).
+
+        An instance that does not judge runs no check, so without this its gauges would say what
+        it last saw itself: nothing (0) on an instance that never judged, and a former judge's
+        last check, frozen, after it lost the lease. `max(mlguard_drift_detected)` would then keep
+        an alert firing after the fleet's drift ended. The check counters and durations are left
+        alone: they count the checks this instance ran.
+        """
+        status = verdict.get("status") or {}
+        self.detected.set(1 if verdict.get("policy_state") == "drifted" else 0)
+        if status.get("drift_share") is not None:
+            self.share.set(status["drift_share"])
+        for name, column in (status.get("features") or {}).items():
+            self.feature_score.labels(name).set(column["score"])
+            self.feature_drifted.labels(name).set(1 if column["drifted"] else 0)
+        if status.get("prediction"):
+            self.prediction_score.set(status["prediction"]["score"])
+        if status.get("window_rows") is not None:
+            self.window_rows.set(status["window_rows"])
+        if status.get("shadow_agreement") is not None:
+            self.shadow_agreement.set(status["shadow_agreement"])
+
 
 FEEDBACK_OUTCOMES = ("recorded", "duplicate", "conflict", "pending", "unknown", "invalid")
 LABEL_DELAY_BUCKETS = (60.0, 600.0, 3600.0, 6 * 3600.0, 86_400.0, 3 * 86_400.0, 7 * 86_400.0,

@@ -154,6 +154,34 @@ def test_monitor_waits_for_min_samples_then_judges(split) -> None:
     assert status["routing_to_fallback"] is False
 
 
+def test_another_instance_shows_the_judges_verdict_on_its_gauges(split) -> None:
+    """What a fleet judge publishes (its verdict, JSON round trip included) lands on a follower's
+    gauges as the judge's own checks set them; its check counters stay its own."""
+    import json
+
+    judge_registry, follower_registry = CollectorRegistry(), CollectorRegistry()
+    judge = _monitor(split, judge_registry, enter_after=1)
+    shifted = split.validation[CREDIT_FEATURES.names].iloc[:300].copy()
+    for name, factor in [("amount", 3), ("income", 0.3), ("price", 2), ("age", 1.5), ("seniority", 3)]:
+        shifted[name] = shifted[name] * factor  # 5 of 13 features: above share_threshold 0.3
+    judge.ingest(_rows(shifted))
+    assert judge.check_once() == "drift"
+    verdict = json.loads(json.dumps({"routing_to_fallback": judge.routing_to_fallback(),
+                                     "policy_state": judge.policy.state.name,
+                                     "status": judge.status()}))
+    follower = DriftMetrics(follower_registry)
+    follower.show_verdict(verdict)
+    for name, labels in [("mlguard_drift_detected", {}), ("mlguard_drift_share", {}),
+                         ("mlguard_drift_window_rows", {}), ("mlguard_prediction_drift_score", {}),
+                         ("mlguard_feature_drift_score", {"feature": "amount"}),
+                         ("mlguard_feature_drifted", {"feature": "amount"})]:
+        assert follower_registry.get_sample_value(name, labels) == judge_registry.get_sample_value(name, labels), name
+    assert follower_registry.get_sample_value("mlguard_drift_detected") == 1
+    assert follower_registry.get_sample_value("mlguard_drift_checks_total", {"outcome": "drift"}) is None
+    follower.show_verdict({"routing_to_fallback": False, "policy_state": "clear"})  # drift ended
+    assert follower_registry.get_sample_value("mlguard_drift_detected") == 0
+
+
 def test_monitor_counts_a_failing_check_and_applies_on_error(split, monkeypatch) -> None:
     registry = CollectorRegistry()
     monitor = _monitor(split, registry, enter_after=1, on_error="clear")

@@ -137,6 +137,9 @@ def test_one_judge_runs_one_check_per_interval(fleet, traffic) -> None:
 
 
 def test_a_shifted_population_routes_every_instance_and_back(fleet, traffic) -> None:
+    def detected_on_every_instance() -> list[float]:
+        return [total(scrape(s.url), "mlguard_drift_detected") for s in fleet]
+
     def all_routing(routing: bool, rows: list[dict]) -> bool:
         round_robin(fleet, rows)
         verdicts = [status(s) for s in fleet]
@@ -145,10 +148,13 @@ def test_a_shifted_population_routes_every_instance_and_back(fleet, traffic) -> 
     assert wait_until(lambda: all_routing(True, traffic["shifted"]), 60, 0.5)
     same = {(status(s)["fleet"]["judge"], status(s)["checked_at"]) for s in fleet}
     assert len({judge for judge, _ in same}) == 1  # one verdict, from one judge
+    # Every instance's gauges show it, the followers' too (they run no check themselves).
+    assert wait_until(lambda: detected_on_every_instance() == [1, 1, 1], 10, 0.5), detected_on_every_instance()
     for s in fleet:  # its workers learn the verdict at their next flush (within a second)
         assert wait_until(
             lambda s=s: all("drift.detected" in p["reasons"] for p in send(s, traffic["shifted"][:5])), 5)
     assert wait_until(lambda: all_routing(False, traffic["normal"][:200]), 90, 0.5)
+    assert wait_until(lambda: detected_on_every_instance() == [0, 0, 0], 10, 0.5), detected_on_every_instance()
     for s in fleet:
         assert wait_until(
             lambda s=s: not any("drift.detected" in p["reasons"] for p in send(s, traffic["normal"][:5])), 5)

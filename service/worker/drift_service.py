@@ -59,7 +59,8 @@ def build_drift_service(app: GuardedApp) -> Any:
             self.config.start()
             # With a PostgreSQL store, one judge for every instance (fleet_drift.py); its
             # monitor, and Evidently with it, is built only when this instance has to judge.
-            self.fleet = _fleet_drift(app, self.config, self._fleet_monitor, lambda: self.served)
+            self.fleet = _fleet_drift(app, self.config, self._fleet_monitor, lambda: self.served,
+                                      self.metrics.show_verdict)
             # The drift reference belongs to a version: load the one the workers serve (at first
             # the configured tag), follow their swaps and rollbacks (the window restarts), and
             # retry while none can be loaded.
@@ -253,6 +254,7 @@ def _monitor(
 def _fleet_drift(
     app: GuardedApp, config_store: ConfigStore, monitor: Callable[[], Any],
     served: Callable[[], LoadedModel | None],
+    show: Callable[[dict[str, Any]], None],
 ) -> Any:
     """The fleet's drift coordination when the store is PostgreSQL and logs inputs (the fleet's
     window is the prediction log); None otherwise: this instance judges its own window."""
@@ -288,7 +290,7 @@ def _fleet_drift(
 
     return FleetDrift(fleet, monitor, window_row,
                       lambda: served().version if served() is not None else None,
-                      lambda: config_store.current.drift)
+                      lambda: config_store.current.drift, show)
 
 
 def _performance_monitor(

@@ -46,8 +46,12 @@ class FleetDrift:
         window_row: Callable[[FleetRow], WindowRow | None],
         version: Callable[[], str | None],
         settings: Callable[[], DriftConfig],
+        show: Callable[[dict[str, Any]], None] = lambda verdict: None,
     ) -> None:
+        """`show(verdict)` puts a verdict this instance did not check itself on its gauges
+        (DriftMetrics.show_verdict): a follower's, and a new judge's carried-over one."""
         self.fleet = fleet
+        self._show = show
         self._monitor = monitor
         self._window_row = window_row
         self._version = version
@@ -127,6 +131,7 @@ class FleetDrift:
         previous = self.fleet.verdict("drift")
         if previous is not None:
             self.verdict = previous.payload
+            self._show(self.verdict)
         log.info("this instance judges drift for the fleet now (%s)", self.fleet.identity)
         self.role, self._judged, self.judge = JUDGE, None, self.fleet.identity
         self.fleet.publish("drift", self.verdict, time.time())
@@ -168,6 +173,7 @@ class FleetDrift:
         stale = time.time() - published.checked_at > STALE_AFTER_CHECKS * self._settings().check_interval_s
         if not stale:
             self.verdict, self.judge = published.payload, published.judge
+            self._show(self.verdict)
 
     def _judge_locally(self) -> None:
         monitor = self._monitor()
