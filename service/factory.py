@@ -8,7 +8,8 @@ import os
 from typing import Any
 
 import bentoml
-from starlette.responses import JSONResponse
+from pydantic_core import to_json
+from starlette.responses import JSONResponse, Response
 
 from service.api.admin import admin_app
 from service.api.api_models import answer_model, batch_answer_model, batch_request_model
@@ -24,6 +25,13 @@ from service.worker.logs import quiet_client_errors
 from service.worker.runtime import GuardedRuntime
 
 log = logging.getLogger("mlguard.service")
+
+
+def _answer(body: dict[str, Any]) -> Response:
+    """An answer as JSON, in the declared schema (`Answer`, `BatchAnswer`: the OpenAPI document
+    shows them), sent in one body message. BentoML's response for a declared model sends three
+    ASGI messages, each through every middleware of the stack. NaN as null, as pydantic's."""
+    return Response(to_json(body, inf_nan_mode="null"), media_type="application/json")
 
 
 def guard(app: GuardedApp) -> Any:
@@ -68,7 +76,7 @@ def guard(app: GuardedApp) -> Any:
         async def predict(self, row: Row, /) -> Answer:
             """Answer one row; always answered, by the model, the rules, or the safe default."""
             (p,) = await self.runtime.pipeline.predict([row_of(row)])
-            return Answer.model_construct(**p.answer())
+            return _answer(p.answer())
 
         @bentoml.api(route="/predict_batch")
         async def predict_batch(self, batch: Batch, /) -> BatchAnswer:
@@ -81,9 +89,7 @@ def guard(app: GuardedApp) -> Any:
                     status_code=400,
                 )
             predictions = await self.runtime.pipeline.predict([row_of(r) for r in rows])
-            return BatchAnswer.model_construct(
-                predictions=[Answer.model_construct(**p.answer()) for p in predictions]
-            )
+            return _answer({"predictions": [p.answer() for p in predictions]})
 
         @bentoml.on_shutdown
         def shutdown(self) -> None:
