@@ -164,6 +164,19 @@ class DriftMetrics:
             multiprocess_mode="mostrecent", registry=r,
         )
 
+    def show_check(self, drifted: bool, check: dict) -> None:
+        """A check's findings on the gauges: `check` is `DriftResult.to_dict()` (this process
+        checked) or the `status` a fleet judge published (show_verdict); `drifted` is the policy's
+        state after it."""
+        self.detected.set(1 if drifted else 0)
+        if check.get("drift_share") is not None:
+            self.share.set(check["drift_share"])
+        for name, column in (check.get("features") or {}).items():
+            self.feature_score.labels(name).set(column["score"])
+            self.feature_drifted.labels(name).set(1 if column["drifted"] else 0)
+        if check.get("prediction"):
+            self.prediction_score.set(check["prediction"]["score"])
+
     def show_verdict(self, verdict: dict) -> None:
         """Show the fleet's verdict as its judge published it (service/worker/fleet_drift.py).
 
@@ -174,19 +187,11 @@ class DriftMetrics:
         alone: they count the checks this instance ran.
         """
         status = verdict.get("status") or {}
-        self.detected.set(1 if verdict.get("policy_state") == "drifted" else 0)
-        if status.get("drift_share") is not None:
-            self.share.set(status["drift_share"])
-        for name, column in (status.get("features") or {}).items():
-            self.feature_score.labels(name).set(column["score"])
-            self.feature_drifted.labels(name).set(1 if column["drifted"] else 0)
-        if status.get("prediction"):
-            self.prediction_score.set(status["prediction"]["score"])
+        self.show_check(verdict.get("policy_state") == "drifted", status)
         if status.get("window_rows") is not None:
             self.window_rows.set(status["window_rows"])
         if status.get("shadow_agreement") is not None:
             self.shadow_agreement.set(status["shadow_agreement"])
-
 
 FEEDBACK_OUTCOMES = ("recorded", "duplicate", "conflict", "pending", "unknown", "invalid")
 LABEL_DELAY_BUCKETS = (60.0, 600.0, 3600.0, 6 * 3600.0, 86_400.0, 3 * 86_400.0, 7 * 86_400.0,

@@ -118,15 +118,8 @@ class DriftMonitor:
         return outcome
 
     def _publish(self, result: DriftResult) -> None:
-        m = self.metrics
-        m.check_duration.observe(result.seconds)
-        m.share.set(result.drift_share)
-        m.detected.set(1 if self.policy.drifted else 0)
-        for name, column in result.features.items():
-            m.feature_score.labels(name).set(column.score)
-            m.feature_drifted.labels(name).set(1 if column.drifted else 0)
-        if result.prediction is not None:
-            m.prediction_score.set(result.prediction.score)
+        self.metrics.check_duration.observe(result.seconds)
+        self.metrics.show_check(self.policy.drifted, result.to_dict())
 
     def routing_to_fallback(self) -> bool:
         cfg = self.settings()

@@ -46,7 +46,7 @@ class FleetDrift:
         window_row: Callable[[FleetRow], WindowRow | None],
         version: Callable[[], str | None],
         settings: Callable[[], DriftConfig],
-        show: Callable[[dict[str, Any]], None] = lambda verdict: None,
+        show: Callable[[dict[str, Any]], None],
     ) -> None:
         """`show(verdict)` puts a verdict this instance did not check itself on its gauges
         (DriftMetrics.show_verdict): a follower's, and a new judge's carried-over one."""
