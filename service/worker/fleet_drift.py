@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from monitors.drift.policy import DriftedState
+from monitors.drift.policy import ClearState, DriftedState
 from monitors.drift.window import WindowRow
 from service.store.fleet import FleetRow, FleetStore
 from service.worker.config import DriftConfig
@@ -131,22 +131,32 @@ class FleetDrift:
         previous = self.fleet.verdict("drift")
         if previous is not None:
             self.verdict = previous.payload
-            self._show(self.verdict)
+            self._display(self.verdict)
         log.info("this instance judges drift for the fleet now (%s)", self.fleet.identity)
         self.role, self._judged, self.judge = JUDGE, None, self.fleet.identity
         self.fleet.publish("drift", self.verdict, time.time())
 
     def _start_judging(self, monitor: Any, version: str) -> None:
-        """A new judge (or a new version): the window restarts from the fleet's newest rows, and
-        a drifted verdict carries over, so a takeover does not wait enter_after checks again."""
-        monitor.reset_window()
+        """A new judge (or a new version): the window restarts from the fleet's newest rows."""
+        self._restart(monitor)
         self._seen.clear()
         self._seen_set.clear()
         self._cursor = 0.0
-        if self.verdict.get("policy_state") == "drifted" and not monitor.policy.drifted:
-            monitor.policy.move_to(DriftedState)
         self._judged = version
         self._last_check = 0.0
+
+    def _restart(self, monitor: Any) -> None:
+        """Before this instance judges again (for the fleet, or alone while the store is down):
+        its monitor starts from the verdict in force, not from whatever it held when it last
+        judged, maybe long ago. A drifted fleet stays drifted, so a takeover does not wait
+        enter_after checks again; a clear one stays clear. Its last check is not republished,
+        and the gauges (which a newly built monitor zeroes) show the verdict until its first."""
+        monitor.reset_window()
+        monitor.last = None
+        drifted = self.verdict.get("policy_state") == "drifted"
+        if monitor.policy.drifted != drifted:
+            monitor.policy.move_to(DriftedState if drifted else ClearState)
+        self._display(self.verdict)
 
     def _fresh(self, rows: list[FleetRow], keep: int) -> list[WindowRow]:
         fresh = []
@@ -173,7 +183,15 @@ class FleetDrift:
         stale = time.time() - published.checked_at > STALE_AFTER_CHECKS * self._settings().check_interval_s
         if not stale:
             self.verdict, self.judge = published.payload, published.judge
-            self._show(self.verdict)
+            self._display(self.verdict)
+
+    def _display(self, verdict: dict[str, Any]) -> None:
+        """`show`, whose failure (a malformed published verdict) must not look like a store
+        outage to tick(), which would resign the lease at every tick."""
+        try:
+            self._show(verdict)
+        except Exception:  # the gauges lag; the routing verdict still holds
+            log.exception("could not show the drift verdict on this instance's gauges")
 
     def _judge_locally(self) -> None:
         monitor = self._monitor()
@@ -181,7 +199,7 @@ class FleetDrift:
             return
         if self.role != LOCAL:
             self.role, self._judged = LOCAL, None
-            monitor.reset_window()
+            self._restart(monitor)
             monitor.ingest(list(self._local))
         if not self._due():
             return
