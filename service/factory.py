@@ -8,7 +8,6 @@ import os
 from typing import Any
 
 import bentoml
-from pydantic_core import to_json
 from starlette.responses import JSONResponse, Response
 
 from service.api.admin import admin_app
@@ -18,6 +17,7 @@ from service.api.client_identity import ClientIdentity
 from service.api.json_only import JsonOnly
 from service.api.monitoring import monitoring_app
 from service.api.records import records_app
+from service.api.responses import json_response
 from service.spec import GuardedApp
 from service.worker import config, interpreter
 from service.worker.drift_service import build_drift_service, drift_client_of
@@ -28,10 +28,9 @@ log = logging.getLogger("mlguard.service")
 
 
 def _answer(body: dict[str, Any]) -> Response:
-    """An answer as JSON, in the declared schema (`Answer`, `BatchAnswer`: the OpenAPI document
-    shows them), sent in one body message. BentoML's response for a declared model sends three
-    ASGI messages, each through every middleware of the stack. NaN as null, as pydantic's."""
-    return Response(to_json(body, inf_nan_mode="null"), media_type="application/json")
+    """An answer in the declared schema (`Answer`, `BatchAnswer`: the OpenAPI document shows
+    them), sent as service/api/responses.py sends JSON: one body message, NaN as null."""
+    return json_response(body)
 
 
 def guard(app: GuardedApp) -> Any:

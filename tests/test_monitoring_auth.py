@@ -232,6 +232,16 @@ def test_no_token_configured_is_403_naming_the_variable(make, variable: str) -> 
     assert r.status_code == 403 and variable in r.json()["error"]
 
 
+def test_a_configured_token_is_read_without_surrounding_whitespace() -> None:
+    """A token from a secret file ends with a newline; HTTP strips the header's value, so the
+    token is compared stripped too. A blank value configures nothing."""
+    client = app_with(feedback_auth({"MLGUARD_FEEDBACK_TOKEN": f"{FEEDBACK}\n"}))
+    assert client.get("/", headers=bearer(FEEDBACK)).status_code == 200
+    blank = app_with(feedback_auth({"MLGUARD_FEEDBACK_TOKEN": " \n"}))
+    for token in ("", " "):
+        assert blank.get("/", headers=bearer(token)).status_code == 403
+
+
 def test_tokens_are_read_when_the_app_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLGUARD_FEEDBACK_TOKEN", FEEDBACK)
     client = app_with(feedback_auth())

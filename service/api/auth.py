@@ -55,7 +55,9 @@ class BearerAuth:
     _digests: tuple[bytes, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        digests = tuple(_digest(v) for v in self.accepted.values() if v)
+        # Stripped as the request's token is: a secret file's trailing newline must not make a
+        # token that can never match, nor a blank one count as configured.
+        digests = tuple(_digest(v.strip()) for v in self.accepted.values() if v.strip())
         object.__setattr__(self, "_digests", digests)
 
     @classmethod

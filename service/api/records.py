@@ -18,7 +18,15 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -26,6 +34,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service.api.auth import admin_auth, feedback_auth, monitoring_auth
+from service.api.responses import json_response
 from service.scoring.prediction import issued_at
 from service.store import FeedbackResult, Outcome
 
@@ -43,7 +52,8 @@ STATUS_CODES = {
 class OutcomeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     request_id: str = Field(min_length=1, max_length=64)
-    outcome: str | float | int
+    # Strict: pydantic would otherwise read `true` as 1.0, a regression outcome nobody sent.
+    outcome: StrictStr | StrictFloat | StrictInt
 
 
 class OutcomeBatchIn(BaseModel):
@@ -155,7 +165,7 @@ def records_app(runtime: Callable[[], Any]) -> Starlette:
         if record is None:
             return _error(404, f"no prediction {request_id} in the log (unknown, deleted, past "
                                "retention, or still in a write buffer for a moment)")
-        return JSONResponse(record)
+        return json_response(record)  # NaN in a logged row (a schema may allow it) as null, not a 500
 
     async def delete_prediction(request: Request) -> JSONResponse:
         rt, refused = store_of()
