@@ -58,11 +58,20 @@ def test_abandoned_calls_hold_their_slots_so_the_next_rows_are_overloaded_not_qu
 
 
 def test_a_fast_model_is_called_inline_until_a_fault_drill_starts(server, edit_config) -> None:
+    # The most generous limit: the model's ~0.01 ms must qualify on a loaded machine too, whose
+    # scheduler can stretch a call's wall time past the default 1 ms (this is no speed check).
+    config = yaml.safe_load(server.config_path.read_text())
+    config["model"]["inline_max_ms"] = 50.0
+    edit_config(yaml.safe_dump(config))
     # One connection keeps talking to one worker, whose state GET /admin/state then shows.
     with httpx.Client(base_url=server.url, timeout=30) as client:
-        for _ in range(150):  # more calls than a version needs to qualify (InlinePolicy)
-            assert client.post("/predict", json=GOOD_ROW).json()["route"] == "model"
-        assert client.get("/admin/state").json()["model"]["inline"] is True
+
+        def qualified() -> bool:
+            for _ in range(25):  # a version qualifies after 100 calls within the limit (InlinePolicy)
+                assert client.post("/predict", json=GOOD_ROW).json()["route"] == "model"
+            return client.get("/admin/state").json()["model"]["inline"] is True
+
+        assert wait_until(qualified, 30)
         config = yaml.safe_load(server.config_path.read_text())
         config["faults"].update(model_delay_ms=1, model_delay_ratio=1.0)
         edit_config(yaml.safe_dump(config))

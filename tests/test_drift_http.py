@@ -143,6 +143,10 @@ def test_shifted_population_routes_to_rules_and_normal_traffic_back(client, traf
         answered = _send(client, traffic["normal"][:20])
         assert not any("drift.detected" in p["reasons"] for p in answered)
         assert sum(p["route"] == "model" for p in answered) >= 15
+    # Both kinds of check were counted on /metrics (this test made both happen).
+    text = client.get("/metrics").text
+    assert re.search(r'^mlguard_drift_checks_total\{outcome="drift"\} [1-9]', text, re.MULTILINE)
+    assert re.search(r'^mlguard_drift_checks_total\{outcome="no_drift"\} [1-9]', text, re.MULTILINE)
 
 
 def test_feedback_is_disabled_without_its_token(client) -> None:
@@ -154,7 +158,12 @@ def test_feedback_is_disabled_without_its_token(client) -> None:
         assert r.status_code == 403 and "MLGUARD_FEEDBACK_TOKEN" in r.json()["error"], r.text
 
 
-def test_drift_metrics_are_exported(client) -> None:
+def test_drift_metrics_are_exported(client, traffic) -> None:
+    """Every drift gauge is on /metrics once a window was judged (a normal one, judged here)."""
+    checked = client.get("/monitoring/drift").json()["checked_at"]
+    _send(client, traffic["normal"][:WINDOW])
+    assert wait_until(lambda: client.get("/monitoring/drift").json()["checked_at"] != checked,
+                      timeout_s=30)
     text = client.get("/metrics").text
     for name in (
         "mlguard_drift_detected", "mlguard_drift_share", "mlguard_drift_window_rows",
@@ -164,7 +173,6 @@ def test_drift_metrics_are_exported(client) -> None:
         assert re.search(rf"^{name}(\{{[^}}]*\}})? ", text, re.MULTILINE), name
     assert re.search(r'^mlguard_feature_drift_score\{feature="amount"\} ', text, re.MULTILINE)
     assert re.search(r'^mlguard_drift_checks_total\{outcome="no_drift"\} [1-9]', text, re.MULTILINE)
-    assert re.search(r'^mlguard_drift_checks_total\{outcome="drift"\} [1-9]', text, re.MULTILINE)
 
 
 def test_report_page_renders_without_javascript_errors(client, drift_server, tmp_path) -> None:

@@ -15,6 +15,12 @@ feed hold for a flush) are promoted and feed the full collections. Two standard 
 - a larger young-generation threshold: a request's objects die before a young collection sees
   them, so fewer are promoted at all. Cycles are still collected, later.
 
+The price of freezing: the model loaded at start-up is frozen with the rest, so after a swap
+its objects that sit in reference cycles are never collected (those that do not are freed by
+their reference counts, as always). That is bounded: at most one model's cycles, once per
+worker. Unfreezing at a swap would instead hand the ~470k frozen objects back to the collector,
+and with them the full collections above.
+
 **The switch interval.** A thread that wants the GIL while the busy loop holds it waits up to the
 switch interval (CPython: 5 ms) before it may ask for it, and meanwhile is woken, and goes back to
 sleep, every time the loop lets go of the GIL for a system call: thousands of times a second.
