@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
@@ -14,6 +15,7 @@ from service.scoring.router import RoutingState
 from service.worker.config import parse
 from tests.support.data import GOOD_ROW, credit_rows
 from tests.support.models import loaded_model
+from tests.support.wait import wait_until
 
 ROWS = credit_rows()
 
@@ -178,3 +180,30 @@ def test_batch_keeps_order_and_one_answer_per_row() -> None:
     assert len(answers) == 50 and len({a.request_id for a in answers}) == 50
     model_rows = [a.output.fields["probability"] for a in answers if a.route == "model"]
     assert len(model_rows) > 40 and model_rows == sorted(model_rows)
+
+
+def test_a_call_whose_deadline_passed_before_it_ran_gives_its_slot_back(monkeypatch) -> None:
+    """A threaded call still queued for a thread when its deadline passes is cancelled and never
+    runs: its concurrency slot must come back all the same, or every later call is overloaded."""
+    from service.scoring import model_call
+
+    monkeypatch.setattr(model_call, "MAX_THREADS", 1)  # the queue forms at once
+    release = threading.Event()
+
+    def predict(rows):
+        assert release.wait(10)
+        return np.full(len(rows), 0.2)
+
+    call = DeadlineModelCall(predict)
+
+    async def scenario() -> None:
+        busy = asyncio.ensure_future(call([GOOD_ROW], 10.0, 2))  # holds the one thread
+        await asyncio.sleep(0.05)
+        queued = await call([GOOD_ROW], 0.05, 2)
+        assert queued.failure == "model.timeout"
+        release.set()
+        assert (await busy).failure is None
+
+    asyncio.run(scenario())
+    assert wait_until(lambda: call._limit.in_flight == 0, 10)
+    call.shutdown()

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,19 +168,23 @@ class DeadlineModelCall:
             return await self._batched(rows, timeout_s, max_concurrency, b)
         if not self._limit.try_acquire(max_concurrency):
             return ModelOutcome(None, reasons.MODEL_OVERLOADED)
-
-        def run() -> Scored:
-            try:
-                return self._timed(rows)
-            finally:
-                self._limit.release()
-
         try:
-            future = self._executor.submit(run)
+            future = self._submit(rows)
         except RuntimeError:  # executor shut down: the service is stopping
-            self._limit.release()
             return ModelOutcome(None, reasons.MODEL_ERROR, "shutting down")
         return await self._outcome(asyncio.wrap_future(future), timeout_s)
+
+    def _submit(self, rows: list[dict[str, Any]]) -> Future[Scored]:
+        """The call in a model thread, holding the slot its caller took until the call is done:
+        answered, failed, or cancelled before a thread ever ran it (its deadline passed while it
+        queued; a slot released only by the call itself would then never be)."""
+        try:
+            future = self._executor.submit(self._timed, rows)
+        except RuntimeError:
+            self._limit.release()
+            raise
+        future.add_done_callback(lambda _: self._limit.release())
+        return future
 
     def _timed(self, rows: list[dict[str, Any]]) -> Scored:
         """One model call, its wall time told to the inline policy."""
@@ -232,19 +236,7 @@ class DeadlineModelCall:
         """One model call for a whole micro-batch: one concurrency slot, no deadline of its own."""
         if not self._limit.try_acquire(self._batch_concurrency):
             raise Overloaded()
-
-        def run() -> Scored:
-            try:
-                return self._timed(rows)
-            finally:
-                self._limit.release()
-
-        try:
-            future = self._executor.submit(run)
-        except RuntimeError:
-            self._limit.release()
-            raise
-        return await asyncio.wrap_future(future)
+        return await asyncio.wrap_future(self._submit(rows))
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

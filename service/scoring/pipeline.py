@@ -147,7 +147,8 @@ class GuardedPipeline:
                     healthy = self._accept(outcome, to_model, answers, row_reasons, policy, version)
                     call.report(outcome.failure, healthy)
                     if outcome.failure != reasons.MODEL_OVERLOADED:  # it ran: judge it
-                        self._observe(outcome.version, healthy)
+                        # A failed call (error, timeout) carries no version: it is the served one's.
+                        self._observe(version, healthy)
 
         version = served.version if served else UNAVAILABLE
         for i, answer in enumerate(answers):

@@ -69,7 +69,11 @@ class ModelSlot:
         # load time of every version loaded (mlguard_model_load_seconds).
         self.on_swap: Callable[[str], None] = lambda outcome: None
         self.on_load_seconds: Callable[[float], None] = lambda seconds: None
-        self._lock = threading.Lock()  # one swap or rollback at a time
+        # `_lock` guards what is in the slot (current, previous, the watch): held only to change
+        # them, never during a load, so a rollback or a request's report never waits on one.
+        # `_swapping` lets one swap thread load at a time.
+        self._lock = threading.Lock()
+        self._swapping = threading.Lock()
         self._watch: _Watch | None = None
         self._swap_failed = False  # the last swap to `tag` was refused
         self._retry_s = RETRY_FIRST_S
@@ -98,8 +102,9 @@ class ModelSlot:
 
         A tag remembered as rejected or rolled back is replaced by the last good version; any
         other refusal leaves the rules answering while the load is retried."""
+        tag = self.tag
         try:
-            loaded = self._load(self.tag)
+            loaded = self._load(tag)
         except RememberedBad as exc:
             loaded = self._last_good(exc)
             if loaded is None:
@@ -111,7 +116,10 @@ class ModelSlot:
         except Exception as exc:  # noqa: BLE001 -- a broken model file must not stop the worker
             self._refused(f"model {self.tag} failed to load: {type(exc).__name__}: {exc}")
             return False
-        self._put(loaded)
+        with self._lock:
+            if self.current is not None or tag != self.tag:
+                return self.current is not None  # a swap won the race: its version stays
+            self._put(loaded)
         # What a restart falls back to if a later tag cannot be served.
         self.memory.set_last_good(loaded.version)
         return True
@@ -167,7 +175,7 @@ class ModelSlot:
                          daemon=True).start()
 
     def _swap_to(self, tag: str) -> None:
-        with self._lock:
+        with self._swapping:
             if tag != self.tag:  # the config moved on while this thread waited
                 return
             try:
@@ -180,18 +188,26 @@ class ModelSlot:
                           self.current.version if self.current else "the rules", exc)
                 self.on_swap("failed")
                 return
-            self._swap_failed = False
-            old = self.current
-            if old is not None and old.version == loaded.version:
-                return
-            self.previous = old
-            self._put(loaded)
-            if old is not None:
-                self.memory.set_last_good(old.version)
-            window = self._settings().rollback_window_s
-            self._watch = _Watch(loaded.version, time.monotonic() + window) if old else None
-            log.warning("model swapped: %s -> %s", old.version if old else "none", loaded.version)
-            self.on_swap("swapped")
+            with self._lock:
+                if tag != self.tag:  # the config moved on during the load
+                    return
+                self._swap_in(loaded)
+
+    def _swap_in(self, loaded: LoadedModel) -> None:
+        """Put a freshly loaded version in the slot (holding `_lock`), watched for its rollback
+        window."""
+        self._swap_failed = False
+        old = self.current
+        if old is not None and old.version == loaded.version:
+            return
+        self.previous = old
+        self._put(loaded)
+        if old is not None:
+            self.memory.set_last_good(old.version)
+        window = self._settings().rollback_window_s
+        self._watch = _Watch(loaded.version, time.monotonic() + window) if old else None
+        log.warning("model swapped: %s -> %s", old.version if old else "none", loaded.version)
+        self.on_swap("swapped")
 
     # -- rollback --------------------------------------------------------------------------------
 
@@ -207,17 +223,21 @@ class ModelSlot:
         watch.failures += 0 if healthy else 1
         cfg = self._settings()
         if watch.calls >= cfg.rollback_min_calls and watch.failures / watch.calls >= cfg.rollback_failure_ratio:
-            self.roll_back(f"{watch.failures} of {watch.calls} calls failed after the swap")
+            self.roll_back(watch.version, f"{watch.failures} of {watch.calls} calls failed after the swap")
 
     def circuit_opened(self) -> None:
+        """Called by the circuit breaker, holding its lock: the rollback (which resets the
+        circuit) runs in a thread of its own, or the two locks would be taken in both orders."""
         watch = self._watch
         if watch is not None and time.monotonic() <= watch.until:
-            self.roll_back("its circuit opened after the swap")
+            threading.Thread(target=self.roll_back, args=(watch.version, "its circuit opened after the swap"),
+                             name="mlguard-model-rollback", daemon=True).start()
 
-    def roll_back(self, why: str) -> None:
+    def roll_back(self, version: str, why: str) -> None:
+        """Swap back from `version`, if it is still the one served (a newer one may have come)."""
         with self._lock:
             bad, previous = self.current, self.previous
-            if bad is None or previous is None:
+            if bad is None or previous is None or bad.version != version:
                 return
             self.memory.mark_bad(bad.version, why)
             self._rolled_back(bad, previous, why)
