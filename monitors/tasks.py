@@ -52,6 +52,16 @@ def _probability(x: Any) -> bool:
     return _finite(x) and 0.0 <= x <= 1.0
 
 
+def _one_per_row(raw: np.ndarray) -> bool:
+    """One number per row: shape (n,) or (n, 1). Anything wider, flattened, would hand each row
+    some other row's number."""
+    return raw.ndim == 1 or (raw.ndim == 2 and raw.shape[1] == 1)
+
+
+def _misshapen(raw: np.ndarray, expected: str) -> list[InvalidOutput]:
+    return [InvalidOutput(f"shape {raw.shape}, expected {expected}")] * (raw.shape[0] if raw.ndim else 1)
+
+
 @dataclass(frozen=True)
 class Binary:
     """Two classes: the answer is the positive class's `probability` and a `decision`.
@@ -95,7 +105,12 @@ class Binary:
         return Output({"probability": probability, "decision": decision}, decision, probability)
 
     def from_model(self, raw: np.ndarray, policy: OutputPolicy) -> list[Output | InvalidOutput]:
-        values = raw[:, 1] if raw.ndim == 2 and raw.shape[1] == 2 else raw.reshape(-1)
+        if raw.ndim == 2 and raw.shape[1] == 2:
+            values = raw[:, 1]
+        elif _one_per_row(raw):
+            values = raw.reshape(-1)
+        else:
+            return _misshapen(raw, "a probability per row, or one per class of 2")
         return [
             self.output(p, policy.threshold) if _probability(p) else InvalidOutput(repr(p))
             for p in values.tolist()
@@ -217,6 +232,8 @@ class Regression:
         return Output({"value": value}, None, value)
 
     def from_model(self, raw: np.ndarray, policy: OutputPolicy) -> list[Output | InvalidOutput]:
+        if not _one_per_row(raw):
+            return _misshapen(raw, "one value per row")
         bounds = policy.value_bounds
         out: list[Output | InvalidOutput] = []
         for v in raw.reshape(-1).tolist():

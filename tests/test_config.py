@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from service.worker.config import DEFAULT_CONFIG_PATH, ConfigError, config_path, load, parse
+from service.worker.config import (
+    DEFAULT_CONFIG_PATH,
+    ConfigError,
+    Settings,
+    config_path,
+    load,
+    parse,
+)
 from service.worker.config_store import ConfigStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +64,24 @@ def test_reload_swaps_valid_edits_and_keeps_the_last_good(tmp_path: Path) -> Non
     assert store.reload_if_changed() is False and store.current.routing.mode == "fallback"
     assert store.reload_if_changed() is False  # the same bad text is not retried
     assert outcomes == ["success", "failure"] and changes == [("auto", "fallback")]
+
+
+def test_an_empty_file_read_mid_write_is_not_every_default(tmp_path: Path) -> None:
+    """A poll between a writer's truncate and its write reads nothing: that must not flip the
+    service to the defaults (routing.mode auto, no model.tag) until the full file lands."""
+    path = tmp_path / "mlguard.yaml"
+    path.write_text("routing:\n  mode: fallback\nmodel:\n  tag: credit_risk:v1\n")
+    store = ConfigStore(path)
+    changes: list[Settings] = []
+    store.subscribe(lambda old, new: changes.append(new))
+    for blank in ("", "\n  \n"):
+        path.write_text(blank)
+        assert store.reload_if_changed() is False
+        assert store.current.routing.mode == "fallback" and store.current.model.tag == "credit_risk:v1"
+    path.write_text("routing:\n  mode: fallback\nmodel:\n  tag: credit_risk:v2\n")
+    assert store.reload_if_changed() is True and [c.model.tag for c in changes] == ["credit_risk:v2"]
+    path.write_text("{}\n")  # every default, asked for
+    assert store.reload_if_changed() is True and store.current.routing.mode == "auto"
 
 
 def test_watcher_thread_picks_up_edits_and_stops(tmp_path: Path) -> None:

@@ -168,6 +168,23 @@ def test_errors_and_overload_map_to_the_same_reasons_as_unbatched_calls() -> Non
     assert calls == [1]
 
 
+def test_a_batch_answered_with_another_number_of_rows_is_invalid_for_every_caller() -> None:
+    """Shared out by position, one row short would shift every later caller's answers onto
+    another caller: each caller gets output.invalid instead, as an unbatched call would."""
+    calls: list[int] = []
+    short = slow_model(0.05, calls)
+
+    def one_short(rows: list[dict]) -> np.ndarray:
+        return short(rows)[:-1]
+
+    call = DeadlineModelCall(one_short, lambda: batching_on())
+    outcomes = asyncio.run(_gather(call, 3, max_concurrency=4))
+    call.shutdown()
+    assert len(calls) < 3  # some callers did share a batch
+    assert [o.failure for o in outcomes] == [reasons.OUTPUT_INVALID] * 3 and all(o.raw is None for o in outcomes)
+    assert outcomes[-1].detail.endswith(f"answers for {calls[-1]} rows")
+
+
 async def _gather(call: DeadlineModelCall, n: int, max_concurrency: int):
     return await asyncio.gather(*(call(rows_of(x), 2.0, max_concurrency) for x in range(n)))
 

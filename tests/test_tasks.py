@@ -63,6 +63,15 @@ def test_binary_two_columns_take_the_positive_class() -> None:
     assert [o.score for o in outs] == [0.1, 0.8]
 
 
+@pytest.mark.parametrize("task", [BINARY, REGRESSION], ids=["binary", "regression"])
+def test_answers_wider_than_one_number_per_row_are_invalid_not_flattened(task) -> None:
+    """Flattened, an n x 3 answer would give row 1 row 0's second number: every row is invalid,
+    naming the shape, and no row gets a number."""
+    outs = task.from_model(np.array([[0.1, 0.2, 0.7], [0.3, 0.3, 0.4]]), POLICY)
+    assert _invalid(outs) == [True, True] and "shape (2, 3)" in str(outs[0])
+    assert _invalid(task.from_model(np.zeros((2, 1, 1)), POLICY)) == [True, True]
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), -0.01, 1.01])
 def test_binary_invalid_model_outputs(bad: float) -> None:
     outs = BINARY.from_model(np.array([0.4, bad]), POLICY)

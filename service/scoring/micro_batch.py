@@ -18,11 +18,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 Rows = list[dict[str, Any]]
-# Starts one model call on all rows; raises (e.g. overloaded) if it cannot start.
-RunBatch = Callable[[Rows], Awaitable[np.ndarray]]
+# Starts one model call on all rows and returns its answers, sliceable by row; raises (e.g.
+# overloaded) if it cannot start, or when the answers are not one per row.
+RunBatch = Callable[[Rows], Awaitable[Any]]
 
 
 @dataclass
@@ -44,7 +43,7 @@ class MicroBatcher:
         self._tasks: set[asyncio.Future] = set()
         self.batches = 0  # model calls made, for tests and the benchmark
 
-    async def submit(self, rows: Rows, max_rows: int, max_wait_s: float) -> np.ndarray:
+    async def submit(self, rows: Rows, max_rows: int, max_wait_s: float) -> Any:
         """The probabilities for `rows`, computed in some batch; raises what the batch raised."""
         loop = asyncio.get_running_loop()
         waiter = _Waiter(rows, loop.create_future())

@@ -142,6 +142,11 @@ class Overloaded(RuntimeError):
     """Every concurrency slot was taken: a micro-batch could not start."""
 
 
+class WrongAnswerCount(ValueError):
+    """A micro-batch's model call answered another number of rows than it was given: shared out
+    by position, each caller would get some other caller's answers."""
+
+
 class DeadlineModelCall:
     def __init__(
         self,
@@ -224,6 +229,8 @@ class DeadlineModelCall:
             result = await asyncio.wait_for(call, timeout_s)
         except Overloaded:  # a micro-batch could not start: it never ran
             return ModelOutcome(None, reasons.MODEL_OVERLOADED)
+        except WrongAnswerCount as exc:  # as an unbatched call's wrong count is judged
+            return ModelOutcome(None, reasons.OUTPUT_INVALID, str(exc), time.perf_counter() - started)
         except TimeoutError:
             return ModelOutcome(None, reasons.MODEL_TIMEOUT, None, time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 -- any model failure is a routing reason, never a 5xx
@@ -236,7 +243,11 @@ class DeadlineModelCall:
         """One model call for a whole micro-batch: one concurrency slot, no deadline of its own."""
         if not self._limit.try_acquire(self._batch_concurrency):
             raise Overloaded()
-        return await asyncio.wrap_future(self._submit(rows))
+        result = await asyncio.wrap_future(self._submit(rows))
+        answers = result.raw.shape[0] if result.raw.ndim else 0
+        if answers != len(rows):
+            raise WrongAnswerCount(f"{answers} answers for {len(rows)} rows")
+        return result
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -112,6 +112,12 @@ class ConfigStore:
         if digest == self._seen:
             return False
         self._seen = digest
+        if not text.strip():
+            # Most likely read between a writer's truncate and its write: parsed, it would be
+            # every default (routing.mode auto, model.tag cleared). The full file is read next.
+            log.warning("config file %s is empty, keeping version %s (write {} for every default)",
+                        self.path, self.version)
+            return False
         try:
             new = self._parse(text)
         except ConfigError as exc:
