@@ -316,8 +316,12 @@ def _performance_monitor(
         card = loaded.card.calibration if loaded is not None else None
         return Calibration.from_dict(card) if card else None
 
+    def version() -> str | None:
+        loaded = served()
+        return loaded.version if loaded is not None else None
+
     monitor = PerformanceMonitor(app.task, lambda: config_store.current, store, PerformanceMetrics(),
-                                 calibration)
+                                 calibration, version)
     monitor.start()
 
     def purge() -> None:

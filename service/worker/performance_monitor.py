@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from monitors.drift.policy import DriftPolicy, Hysteresis
+from monitors.drift.policy import ClearState, DriftPolicy, Hysteresis
 from monitors.metrics import PerformanceMetrics
 from monitors.performance import (
     DEFAULT_METRIC,
@@ -61,8 +61,15 @@ def outcome_of(task: Task, outcome: Any) -> Any:
     return float(outcome) if task.kind == "regression" else str(outcome)
 
 
-def judge(task: Task, rows: Sequence[Any], cfg: Settings, calibration: Calibration | None) -> dict[str, Any]:
-    """The performance report of one labelled window (rows: the store's LabelledRow)."""
+def judge(task: Task, rows: Sequence[Any], cfg: Settings, calibration: Calibration | None,
+          version: str | None = None) -> dict[str, Any]:
+    """The performance report of one labelled window (rows: the store's LabelledRow).
+
+    The yardstick (model minus rules) and the label-free estimate judge `version`, the version
+    served now, on its own rows only (all rows when None): a version swapped in must not be
+    routed to the rules on the answers of the one it replaced, nor be estimated with its
+    calibration on another's probabilities. The realized metrics per route and per version
+    cover the whole window."""
     perf = cfg.performance
     threshold = cfg.decision.threshold
     metric = perf.metric or DEFAULT_METRIC[task.kind]
@@ -90,7 +97,8 @@ def judge(task: Task, rows: Sequence[Any], cfg: Settings, calibration: Calibrati
         for version, picked in by_version.items()
     }
 
-    paired = [i for i, r in enumerate(rows) if r.model_output is not None and r.rules_output is not None]
+    paired = [i for i, r in enumerate(rows) if r.model_output is not None and r.rules_output is not None
+              and (version is None or r.model_version == version)]
     y = np.array([y_all[i] for i in paired])
     model = np.array([score_of(task, rows[i].model_output) for i in paired])
     rules = np.array([score_of(task, rows[i].rules_output) for i in paired])
@@ -110,7 +118,7 @@ def judge(task: Task, rows: Sequence[Any], cfg: Settings, calibration: Calibrati
         "metric": metric,
         "by_route": by_route,
         "by_model_version": versions,
-        "model_vs_rules": {**delta.to_dict(), "worse_than_rules": verdict},
+        "model_vs_rules": {**delta.to_dict(), "worse_than_rules": verdict, "model_version": version},
         "estimate_vs_realized": estimated,
         "label_delay_s": {
             "median": float(np.median(delays)) if delays else None,
@@ -133,12 +141,15 @@ class PerformanceMonitor:
         store: Any,  # a PredictionStore (service/store/): labelled(), window_counts()
         metrics: PerformanceMetrics,
         calibration: Callable[[], Calibration | None],  # of the model version served now
+        version: Callable[[], str | None],  # the model version served now
     ) -> None:
         self.task = task
         self._settings = settings
         self._store = store
         self._metrics = metrics
         self._calibration = calibration
+        self._version = version
+        self._judged: str | None = None  # the version the policy's state is about
         self.policy = DriftPolicy(self._hysteresis)
         self.policy.on_transition(self._on_transition)
         self._report: dict[str, Any] = {"state": "no check yet"}
@@ -182,12 +193,17 @@ class PerformanceMonitor:
         try:
             rows = self._store.labelled(cfg.performance.window, since)
             predictions, labelled = self._store.window_counts(since)
-            report = judge(self.task, rows, cfg, self._calibration())
+            version = self._version()
+            report = judge(self.task, rows, cfg, self._calibration(), version)
         except Exception:  # a store outage or a bad row: counted, the verdict stays
             log.warning("performance check failed", exc_info=True)
             self._metrics.checks.labels("error").inc()
             self.policy.record_error()
             return
+        if version != self._judged:  # a version swapped in starts with no verdict against it
+            if self._judged is not None and self.policy.drifted:
+                self.policy.move_to(ClearState)
+            self._judged = version
         verdict = report["model_vs_rules"]["worse_than_rules"]
         if verdict is None:
             self._metrics.checks.labels("insufficient").inc()
