@@ -180,9 +180,33 @@ def test_a_batch_answered_with_another_number_of_rows_is_invalid_for_every_calle
     call = DeadlineModelCall(one_short, lambda: batching_on())
     outcomes = asyncio.run(_gather(call, 3, max_concurrency=4))
     call.shutdown()
-    assert len(calls) < 3  # some callers did share a batch
+    assert 2 in calls  # two callers shared a batch (then each was tried alone)
     assert [o.failure for o in outcomes] == [reasons.OUTPUT_INVALID] * 3 and all(o.raw is None for o in outcomes)
     assert outcomes[-1].detail.endswith(f"answers for {calls[-1]} rows")
+
+
+def test_rows_that_break_the_model_fail_their_own_request_only() -> None:
+    """A batch that raised is tried again request by request: the request whose row breaks the
+    model gets model.error, the requests batched with it get their answers."""
+    calls: list[int] = []
+    answer = slow_model(0.05, calls)
+
+    def breaks_on_13(rows: list[dict]) -> np.ndarray:
+        if any(r["x"] == 13 for r in rows):
+            calls.append(len(rows))
+            raise ValueError("row 13")
+        return answer(rows)
+
+    call = DeadlineModelCall(breaks_on_13, lambda: batching_on())
+
+    async def scenario():
+        return await asyncio.gather(*(call(rows_of(x), 2.0, 4) for x in (1, 13, 2)))
+
+    outcomes = asyncio.run(scenario())
+    call.shutdown()
+    assert calls[:2] == [1, 2]  # 1 alone (idle worker), then 13 and 2 in one batch, which raised
+    assert [o.failure for o in outcomes] == [None, reasons.MODEL_ERROR, None]
+    assert [float(o.raw[0]) for o in (outcomes[0], outcomes[2])] == [0.01, 0.02]
 
 
 async def _gather(call: DeadlineModelCall, n: int, max_concurrency: int):

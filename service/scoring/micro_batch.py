@@ -10,6 +10,10 @@ When to run a batch: at once when no batch is running (an idle worker adds no wa
 request is as fast as without batching); otherwise when the running batch ends, when max_rows are
 waiting, or when the oldest waiting row has waited max_wait (so a slow batch does not hold up the
 next one for longer than that).
+
+A batch of several requests whose model call raised is tried again request by request, so rows
+that break the model fail their own request only; the others are answered (a model that fails
+on everything fails each request, at the cost of one more call per request of that batch).
 """
 from __future__ import annotations
 
@@ -33,8 +37,12 @@ class _Waiter:
 class MicroBatcher:
     """Lives on one event loop (the worker's); not thread-safe, and needs none."""
 
-    def __init__(self, run_batch: RunBatch) -> None:
+    def __init__(self, run_batch: RunBatch, isolate: Callable[[Exception], bool] = lambda exc: True) -> None:
+        """`isolate(exc)`: whether a batch of several requests that failed with `exc` is run
+        again request by request, so one request's rows that break the model fail that
+        request only (not, e.g., when the call could not start at all)."""
         self._run_batch = run_batch
+        self._isolate = isolate
         self._waiting: list[_Waiter] = []
         self._waiting_rows = 0
         self._running = 0  # batches in flight
@@ -75,10 +83,21 @@ class MicroBatcher:
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[_Waiter]) -> None:
+        try:
+            await self._answer(batch)
+        finally:
+            self._running -= 1
+            if self._waiting:  # the rows that queued up behind this batch go next
+                self._flush()
+
+    async def _answer(self, batch: list[_Waiter]) -> None:
         self.batches += 1
         try:
             result = await self._run_batch([row for w in batch for row in w.rows])
         except Exception as exc:  # noqa: BLE001 -- every waiter learns of the failure, none hangs
+            if len(batch) > 1 and self._isolate(exc):
+                await asyncio.gather(*(self._answer([w]) for w in batch if not w.future.done()))
+                return
             for w in batch:
                 if not w.future.done():
                     w.future.set_exception(exc)
@@ -89,7 +108,3 @@ class MicroBatcher:
                 if not w.future.done():  # a caller past its deadline has already left
                     w.future.set_result(result[start:end])
                 start = end
-        finally:
-            self._running -= 1
-            if self._waiting:  # the rows that queued up behind this batch go next
-                self._flush()

@@ -159,7 +159,8 @@ class DeadlineModelCall:
         self._limit = ConcurrencyLimit()
         self._executor = ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="mlguard-model")
         self._batching = batching
-        self.batcher = MicroBatcher(self._run_batch)
+        # A batch that could not start is not retried request by request: nothing would start.
+        self.batcher = MicroBatcher(self._run_batch, isolate=lambda exc: not isinstance(exc, Overloaded))
         self._batch_concurrency = 1  # the latest caller's model.max_concurrency
 
     async def __call__(
