@@ -26,6 +26,7 @@ from service.scoring.prediction import UNAVAILABLE
 from service.spec import GuardedApp
 from service.worker import config
 from service.worker.config_store import ConfigStore
+from service.worker.served_versions import ServedVersions
 
 log = logging.getLogger("mlguard.drift")
 
@@ -54,7 +55,7 @@ def build_drift_service(app: GuardedApp) -> Any:
             self._monitor_version: str | None = None
             self.served: LoadedModel | None = None
             self._tag = model_tag(app, self.config.current)
-            self._wanted: str | None = None  # the version the workers last said they serve
+            self._versions = ServedVersions()  # what the workers say they serve
             self._failed: tuple[str, float] | None = None  # the version that last failed, when
             self.config.start()
             # With a PostgreSQL store, one judge for every instance (fleet_drift.py); its
@@ -80,10 +81,11 @@ def build_drift_service(app: GuardedApp) -> Any:
             return self.live_performance is not None and self.live_performance.below_rules()
 
         def _follow(self) -> None:
-            wanted = self._wanted or self._tag
             served = self.served
-            if served is not None and (self._wanted is None or served.version == wanted):
+            reported = self._versions.follow(served.version if served is not None else None)
+            if served is not None and (reported is None or served.version == reported):
                 return
+            wanted = reported or self._tag
             failed = self._failed
             if failed and failed[0] == wanted and time.monotonic() - failed[1] < RETRY_S:
                 return
@@ -137,14 +139,15 @@ def build_drift_service(app: GuardedApp) -> Any:
             """Offer served rows (as clients sent them) to the window; answer the routing verdict.
 
             `version`: the model version the sending worker serves; when it is not the one this
-            window belongs to, the rows are dropped and that version's reference is loaded.
+            window belongs to, the rows are dropped, and that version's reference is loaded once
+            no worker serves the one followed (service/worker/served_versions.py).
             `clients`: each row's hashed client identity (None: unknown), for the window's
             per-client cap; absent when no row had one."""
             if version and version != UNAVAILABLE:
-                self._wanted = version
+                self._versions.report(version)
             if self.fleet is not None:
-                return self._fleet_ingest(rows, predictions, clients)
-            if self.monitor is None or (self._wanted and self.served.version != self._wanted):
+                return self._fleet_ingest(rows, predictions, clients, version)
+            if self.monitor is None or not self._serves(version):
                 return {"routing_to_fallback": False, "policy_state": "off",
                         "performance_below_rules": self._below_rules()}
             policy = self._policy()
@@ -160,11 +163,17 @@ def build_drift_service(app: GuardedApp) -> Any:
                 "performance_below_rules": self._below_rules(),
             }
 
+        def _serves(self, version: str | None) -> bool:
+            """Rows answered under `version` belong to the window of the version followed
+            (rows of a worker without a model, answered by the rules, to any)."""
+            return self.served is not None and (
+                not version or version == UNAVAILABLE or version == self.served.version)
+
         def _fleet_ingest(self, rows: list[dict[str, Any]], predictions: list[float | str | None],
-                          clients: list[str | None] | None) -> dict[str, Any]:
+                          clients: list[str | None] | None, version: str | None) -> dict[str, Any]:
             """This instance's rows are kept for judging alone while the store is down; the
             verdict is the fleet's."""
-            if self.served is not None and (not self._wanted or self.served.version == self._wanted):
+            if self._serves(version):
                 policy = self._policy()
                 senders = clients if clients is not None else repeat(None)
                 self.fleet.ingest([
