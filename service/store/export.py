@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -9,6 +10,9 @@ import pandas as pd
 from service.store.predictions import PredictionStore
 
 META_COLUMNS = ("outcome", "model_version", "route", "ts", "request_id")
+# A CSV's compression, from its last suffix (`labels.csv.gz`), as pandas infers it from a name;
+# the file is first written under another name, so it must be said.
+CSV_COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip", ".zst": "zstd"}
 
 
 def export_labelled(
@@ -40,8 +44,20 @@ def export_labelled(
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")  # a reader never sees half a file
     if path.suffix == ".parquet":
+        _one_type_per_column(frame, fields)
         frame.to_parquet(partial, engine="pyarrow", index=False)
     else:
-        frame.to_csv(partial, index=False)
+        frame.to_csv(partial, index=False, compression=CSV_COMPRESSION.get(path.suffix))
     os.replace(partial, path)
     return len(frame)
+
+
+def _one_type_per_column(frame: pd.DataFrame, fields: Iterable[str]) -> None:
+    """Parquet wants one type a column; an input field can hold several: raw values in rows
+    logged before `store.redact` hashed it and "sha256:..." after, or a field the schema lets
+    be a number or a string. Such a column is written as text (numbers with floats: floats)."""
+    for name in fields:
+        present = frame[name].notna()
+        kinds = {type(v) for v in frame.loc[present, name]}
+        if len(kinds) > 1 and not kinds <= {int, float}:
+            frame[name] = frame[name].where(~present, frame[name].astype(str)).where(present, None)
