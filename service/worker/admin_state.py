@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from service.store.routing import RoutingEntry
 from service.store.urls import POSTGRESQL, parse_store_url
 from service.worker.config import PROJECT_ROOT
-from service.worker.config_store import WatchedFile, write_json_atomically
+from service.worker.config_store import WatchedFile, file_lock, write_json_atomically
 
 log = logging.getLogger("mlguard.admin")
 
@@ -123,11 +123,12 @@ class AdminStateStore:
         entry = RoutingEntry(mode, actor, source, reason, new.changed_at)
         with self._lock:
             old = self.current
-            kept = self._file_history()[: FILE_HISTORY - 1]
             try:
-                write_json_atomically(
-                    self.path, {**asdict(new), "history": [asdict(entry), *map(asdict, kept)]}
-                )
+                with file_lock(self.path):  # the history is read, extended and rewritten
+                    kept = self._file_history()[: FILE_HISTORY - 1]
+                    write_json_atomically(
+                        self.path, {**asdict(new), "history": [asdict(entry), *map(asdict, kept)]}
+                    )
             except OSError as exc:  # a full or read-only volume: nothing changed
                 raise AdminStateUnavailable(f"{self.path} not written: {exc}") from exc
             self.current = new

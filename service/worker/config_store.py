@@ -6,12 +6,14 @@ A file of a few KB read once a second costs nothing measurable.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from monitors.periodic import PeriodicThread
@@ -28,12 +30,31 @@ def _digest(text: str) -> str:
 
 def write_json_atomically(path: Path, data: object) -> None:
     """Write a small state file that other workers poll: they see the old file or the new one,
-    never half of one (temp file + rename in the same folder)."""
+    never half of one (temp file + rename in the same folder). Flushed to disk before the
+    rename: after a power cut the file is the old one or the new one, never empty (an empty
+    admin state would drop a forced fallback at the next start)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-")
     with os.fdopen(fd, "w") as f:
         json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold `path`'s lock file (`<name>.lock`, flock) exclusively: every worker process of this
+    machine that reads, changes and rewrites the state file does so under it, or two workers
+    writing at once would each drop the other's change. A thread lock does not reach the other
+    processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class WatchedFile:

@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from service.worker.config_store import WatchedFile, write_json_atomically
+from service.worker.config_store import WatchedFile, file_lock, write_json_atomically
 
 log = logging.getLogger("mlguard.model")
 
@@ -58,25 +59,28 @@ class ModelMemory:
         for listener in self.listeners:
             listener(new)
 
-    def _update(self, **changes: object) -> Memory:
-        with self._lock:
-            new = Memory(**{**asdict(self.current), **changes})
-            if new != self.current:
+    def _update(self, change: Callable[[Memory], Memory]) -> Memory:
+        """Apply `change` to the file as it is now (another worker may have written since this
+        one last polled it), under the file's lock."""
+        with self._lock, file_lock(self.path):
+            on_file = self._read()
+            new = change(on_file)
+            if new != on_file:
                 write_json_atomically(self.path, asdict(new))
-                self.current = new
+            self.current = new
             return new
 
     def for_tag(self, tag: str) -> Memory:
         """The memories of this tag: reset when the file still speaks of another one."""
         if self.current.tag != tag:
-            return self._update(tag=tag, bad={}, last_good=self.current.last_good)
+            return self._update(lambda m: m if m.tag == tag else replace(m, tag=tag, bad={}))
         return self.current
 
     def mark_bad(self, version: str, why: str) -> Memory:
-        return self._update(bad={**self.current.bad, version: why})
+        return self._update(lambda m: replace(m, bad={**m.bad, version: why}))
 
     def forget(self, tag_or_version: str) -> Memory:
-        return self._update(bad={k: v for k, v in self.current.bad.items() if k != tag_or_version})
+        return self._update(lambda m: replace(m, bad={k: v for k, v in m.bad.items() if k != tag_or_version}))
 
     def set_last_good(self, version: str) -> Memory:
-        return self._update(last_good=version)
+        return self._update(lambda m: replace(m, last_good=version))
