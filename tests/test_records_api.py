@@ -64,3 +64,16 @@ def test_a_logged_nan_is_read_back_as_null(client, store) -> None:
     r = client.get(f"/predictions/{request_id}", headers=AUTH)
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     assert r.json()["inputs"] == {"bmi": None, "age": 0.01}
+
+
+def test_deleting_a_prediction_still_in_a_write_buffer_asks_for_a_retry(store, monkeypatch) -> None:
+    """An id issued moments ago whose row is not in the log yet: 503 with Retry-After, not a 404
+    that would tell the client there is nothing to erase (the row would land after it)."""
+    monkeypatch.setenv("MLGUARD_ADMIN_TOKEN", TOKEN)  # DELETE takes the admin token
+    client = TestClient(records_app(lambda: SimpleNamespace(records=store, settings=Settings)))
+    r = client.delete(f"/predictions/{new_request_id()}", headers=AUTH)
+    assert r.status_code == 503 and r.headers["retry-after"] == "2", r.text
+    old = "0" * 12 + "ab" * 10  # well formed, issued in 1970: never this server's
+    assert client.delete(f"/predictions/{old}", headers=AUTH).status_code == 404
+    logged = _logged(store, {"bmi": 0.03})
+    assert client.delete(f"/predictions/{logged}", headers=AUTH).json() == {"request_id": logged, "deleted": True}

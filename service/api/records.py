@@ -39,6 +39,8 @@ from service.scoring.prediction import issued_at
 from service.store import FeedbackResult, Outcome
 
 T = TypeVar("T")
+# How long after its issue a prediction's row may still be on its way to the log (a few flushes).
+BUFFERED_S = 5.0
 
 STATUS_CODES = {
     FeedbackResult.RECORDED: 200,
@@ -176,6 +178,16 @@ def records_app(runtime: Callable[[], Any]) -> Starlette:
         if isinstance(deleted, JSONResponse):
             return deleted
         if not deleted:
+            issued = issued_at(request_id)
+            buffered_s = max(BUFFERED_S, 4 * rt.settings().store.flush_interval_s)
+            if issued is not None and time.time() - issued <= buffered_s:
+                # Issued moments ago, its row may still be in a worker's write buffer: a 404
+                # would tell the client there is nothing to erase, and the row would land after.
+                return JSONResponse(
+                    {"error": f"prediction {request_id} is not in the log yet (it may still be in "
+                              "a write buffer): retry in a few seconds"},
+                    status_code=503, headers={"Retry-After": "2"},
+                )
             return _error(404, f"no prediction {request_id} in the log")
         return JSONResponse({"request_id": request_id, "deleted": True})
 
