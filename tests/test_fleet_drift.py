@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -97,48 +98,49 @@ def test_a_new_judge_shows_the_carried_drifted_verdict_until_its_first_check(dat
         b.close()
 
 
+@contextmanager
+def cut_off_and_judge(database: str, reference) -> Iterator[tuple[Instance, Instance, TcpProxy]]:
+    """Two instances: the first reaches the store through a proxy the test can cut, the second
+    directly (it judges while the first is cut off)."""
+    with TcpProxy(*server_address()) as proxy:
+        cut, judge = Instance(via_port(database, proxy.port), "a", reference), Instance(database, "b", reference)
+        try:
+            yield cut, judge, proxy
+        finally:
+            proxy.restore()
+            cut.close()
+            judge.close()
+
+
 def test_judging_alone_starts_from_the_fleets_verdict_not_an_old_one(database, reference) -> None:
     """a judged a drifted fleet long ago, followed it back to clear, then lost the store: its
     first checks alone (too few rows yet) must keep the fleet's clear verdict, not revive its
-    old drifted state. And c, which never judged, keeps a drifted fleet drifted."""
-    with TcpProxy(*server_address()) as proxy:
-        a = Instance(via_port(database, proxy.port), "a", reference)
-        b = Instance(database, "b", reference)
-        try:
-            a.tick()
-            _judge_says(a, DriftedState)
-            a.fleet.resign()
-            b.tick()
-            _judge_says(b, ClearState)  # the drift ended, on b's checks
-            a.tick()
-            assert a.drift.role == FOLLOWER and not a.drift.routing_to_fallback() and a.detected() == 0
-            assert a.monitor().policy.drifted  # what a's monitor still holds from its own checks
+    old drifted state."""
+    with cut_off_and_judge(database, reference) as (a, b, proxy):
+        a.tick()
+        _judge_says(a, DriftedState)
+        a.fleet.resign()
+        b.tick()
+        _judge_says(b, ClearState)  # the drift ended, on b's checks
+        a.tick()
+        assert a.drift.role == FOLLOWER and not a.drift.routing_to_fallback() and a.detected() == 0
+        assert a.monitor().policy.drifted  # what a's monitor still holds from its own checks
+        proxy.cut()
+        a.tick()
+        assert a.drift.role == LOCAL
+        assert not a.drift.routing_to_fallback() and a.drift.verdict["policy_state"] == "clear"
+        assert a.detected() == 0
 
-            proxy.cut()
-            a.tick()
-            assert a.drift.role == LOCAL
-            assert not a.drift.routing_to_fallback() and a.drift.verdict["policy_state"] == "clear"
-            assert a.detected() == 0
-            proxy.restore()
-        finally:
-            a.close()
-            b.close()
 
-    with TcpProxy(*server_address()) as proxy:
-        c = Instance(via_port(database, proxy.port), "c", reference)
-        b = Instance(database, "b2", reference)
-        try:
-            b.tick()
-            _judge_says(b, DriftedState)
-            c.tick()
-            assert c.drift.role == FOLLOWER and c.drift.routing_to_fallback()
-            proxy.cut()
-            c.tick()
-            assert c.drift.role == LOCAL and c.drift.routing_to_fallback() and c.detected() == 1
-            proxy.restore()
-        finally:
-            c.close()
-            b.close()
+def test_an_instance_that_never_judged_keeps_a_drifted_fleet_drifted_alone(database, reference) -> None:
+    with cut_off_and_judge(database, reference) as (c, b, proxy):
+        b.tick()
+        _judge_says(b, DriftedState)
+        c.tick()
+        assert c.drift.role == FOLLOWER and c.drift.routing_to_fallback()
+        proxy.cut()
+        c.tick()
+        assert c.drift.role == LOCAL and c.drift.routing_to_fallback() and c.detected() == 1
 
 
 def test_a_failing_gauge_update_does_not_cost_the_lease(database, reference) -> None:
