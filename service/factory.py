@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 import bentoml
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 
 from service.api.admin import admin_app
 from service.api.api_models import answer_model, batch_answer_model, batch_request_model
@@ -25,12 +25,6 @@ from service.worker.logs import quiet_client_errors
 from service.worker.runtime import GuardedRuntime
 
 log = logging.getLogger("mlguard.service")
-
-
-def _answer(body: dict[str, Any]) -> Response:
-    """An answer in the declared schema (`Answer`, `BatchAnswer`: the OpenAPI document shows
-    them), sent as service/api/responses.py sends JSON: one body message, NaN as null."""
-    return json_response(body)
 
 
 def guard(app: GuardedApp) -> Any:
@@ -75,7 +69,7 @@ def guard(app: GuardedApp) -> Any:
         async def predict(self, row: Row, /) -> Answer:
             """Answer one row; always answered, by the model, the rules, or the safe default."""
             (p,) = await self.runtime.pipeline.predict([row_of(row)])
-            return _answer(p.answer())
+            return json_response(p.answer())  # in the declared schema, `Answer`
 
         @bentoml.api(route="/predict_batch")
         async def predict_batch(self, batch: Batch, /) -> BatchAnswer:
@@ -88,7 +82,7 @@ def guard(app: GuardedApp) -> Any:
                     status_code=400,
                 )
             predictions = await self.runtime.pipeline.predict([row_of(r) for r in rows])
-            return _answer({"predictions": [p.answer() for p in predictions]})
+            return json_response({"predictions": [p.answer() for p in predictions]})
 
         @bentoml.on_shutdown
         def shutdown(self) -> None:

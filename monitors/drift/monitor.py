@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from monitors.drift.check import DriftCheck
-from monitors.drift.policy import DriftPolicy, Hysteresis
+from monitors.drift.policy import ClearState, DriftedState, DriftPolicy, Hysteresis
 from monitors.drift.result import DriftResult
 from monitors.drift.window import (
     DriftWindow,
@@ -81,9 +81,14 @@ class DriftMonitor:
         self.window.resize(cfg.window_size, cfg.max_client_share)
         self.window.extend(rows)
 
-    def reset_window(self) -> None:
-        """Empty the window (a new judge or version starts from fresh rows); the policy stays."""
+    def restart(self, drifted: bool) -> None:
+        """Start over from a verdict this monitor did not reach itself (a fleet's, when this
+        instance judges again): the window empty, no last check of its own to report, the policy
+        drifted or clear as told."""
         self.window.clear()
+        self.last = None
+        if self.policy.drifted != drifted:
+            self.policy.move_to(DriftedState if drifted else ClearState)
 
     def check_once(self) -> str:
         """Run one check now; returns its outcome (the metric label)."""

@@ -60,4 +60,4 @@ def _one_type_per_column(frame: pd.DataFrame, fields: Iterable[str]) -> None:
         present = frame[name].notna()
         kinds = {type(v) for v in frame.loc[present, name]}
         if len(kinds) > 1 and not kinds <= {int, float}:
-            frame[name] = frame[name].where(~present, frame[name].astype(str)).where(present, None)
+            frame[name] = [str(v) if ok else None for v, ok in zip(frame[name], present)]

@@ -21,7 +21,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from monitors.drift.policy import ClearState, DriftedState
 from monitors.drift.window import WindowRow
 from service.store.fleet import FleetRow, FleetStore
 from service.worker.config import DriftConfig
@@ -151,11 +150,7 @@ class FleetDrift:
         judged, maybe long ago. A drifted fleet stays drifted, so a takeover does not wait
         enter_after checks again; a clear one stays clear. Its last check is not republished,
         and the gauges (which a newly built monitor zeroes) show the verdict until its first."""
-        monitor.reset_window()
-        monitor.last = None
-        drifted = self.verdict.get("policy_state") == "drifted"
-        if monitor.policy.drifted != drifted:
-            monitor.policy.move_to(DriftedState if drifted else ClearState)
+        monitor.restart(drifted=self.verdict.get("policy_state") == "drifted")
         self._display(self.verdict)
 
     def _fresh(self, rows: list[FleetRow], keep: int) -> list[WindowRow]:
