@@ -85,8 +85,8 @@ def guard(app: GuardedApp) -> Any:
             return json_response({"predictions": [p.answer() for p in predictions]})
 
         @bentoml.on_shutdown
-        def shutdown(self) -> None:
-            self.runtime.stop()
+        async def shutdown(self) -> None:
+            await self.runtime.stop()
 
     GuardedService.__name__ = GuardedService.__qualname__ = f"{service_name}Service"
     service = bentoml.service(

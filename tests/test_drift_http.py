@@ -19,6 +19,7 @@ from apps.credit.app import CREDIT_APP
 from service.worker.drift_service import NICENESS
 from tests.conftest import MONITORING_TOKEN, wait_until
 from tests.support.data import drift_traffic
+from tests.support.metrics import scrape, total
 from tests.support.prometheus import PrometheusProcess, require_binary, scraping
 from tests.support.server import ROOT, ServerProcess, shipped_config
 
@@ -229,7 +230,38 @@ def test_the_drift_process_yields_the_cpu_to_serving(drift_server) -> None:
     assert os.getpriority(os.PRIO_PROCESS, drift_server.proc.pid) == 0
 
 
+HANDED_BACK = "the monitoring process cannot write the log"
+
+
+def _log_totals(server: ServerProcess) -> tuple[float, float, float]:
+    """(rows answered, rows written to the log, rows dropped), from /metrics."""
+    m = scrape(server.url)
+    return (total(m, "mlguard_requests_total"),
+            total(m, "mlguard_prediction_log_rows_total", outcome="written"),
+            total(m, "mlguard_prediction_log_rows_total", outcome="dropped"))
+
+
+def test_the_monitoring_process_writes_the_workers_prediction_log(client, drift_server, traffic) -> None:
+    answered = _send(client, traffic["normal"][:50])
+
+    def written_by_it() -> bool:
+        view = client.get("/admin/state").json()["prediction_log"]
+        return view["enabled"] and view["written_by"] == "the monitoring process" and view["written"] > 0
+
+    assert wait_until(written_by_it, timeout_s=15)
+    def all_written() -> bool:
+        answered_rows, written, dropped = _log_totals(drift_server)
+        return written == answered_rows and dropped == 0
+
+    assert wait_until(all_written, timeout_s=15)
+    record = client.get(f"/predictions/{answered[0]['request_id']}",
+                        headers={"Authorization": f"Bearer {MONITORING_TOKEN}"}).json()
+    assert record["answer"]["probability"] == answered[0]["probability"]
+    assert record["rules_output"] is not None  # completed by the monitoring process's writer
+
+
 def test_a_killed_drift_process_does_not_stop_serving(client, drift_server, traffic) -> None:
+    handed_back_before = drift_server.log_text().count(HANDED_BACK)
     os.kill(_drift_pid(drift_server), signal.SIGKILL)
     for _ in range(10):  # the workers keep answering, whatever the drift process does
         answered = _send(client, traffic["normal"][:20])
@@ -243,3 +275,11 @@ def test_a_killed_drift_process_does_not_stop_serving(client, drift_server, traf
 
     assert wait_until(error_counted, timeout_s=15)
     assert client.get("/readyz").status_code == 200
+    # The prediction log loses nothing: the workers wrote their rows themselves meanwhile.
+    assert drift_server.log_text().count(HANDED_BACK) > handed_back_before
+
+    def all_written() -> bool:
+        answered_rows, written, dropped = _log_totals(drift_server)
+        return written == answered_rows and dropped == 0
+
+    assert wait_until(all_written, timeout_s=20)

@@ -20,7 +20,7 @@ async def serve_one():
     try:
         return await worker.runtime.pipeline.predict([row])
     finally:
-        worker.runtime.stop()
+        await worker.runtime.stop()
 
 (answer,) = asyncio.run(serve_one())
 assert answer.route == "model", answer

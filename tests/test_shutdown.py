@@ -85,7 +85,7 @@ def test_requests_in_flight_at_sigterm_all_complete(slow_server: ServerProcess) 
         httpx.post(f"{slow_server.url}/predict", json=GOOD_ROW, timeout=5)
     log = slow_server.log_text()
     # Both API workers ran their shutdown hook (other BentoML services may log theirs too).
-    assert len(re.findall(r"\[entry_service:[^\]]+\] Completed cleanup hook: shutdown", log)) == 2
+    assert len(re.findall(r"\[entry_service:[^\]]+\] Completed (?:async )?cleanup hook: shutdown", log)) == 2
 
 
 @pytest.fixture

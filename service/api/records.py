@@ -39,7 +39,8 @@ from service.scoring.prediction import issued_at
 from service.store import FeedbackResult, Outcome
 
 T = TypeVar("T")
-# How long after its issue a prediction's row may still be on its way to the log (a few flushes).
+# How long after its issue a prediction's row may still be on its way to the log: a few flushes,
+# and a hand-over to the monitoring process (bounded by prediction_log.CALL_TIMEOUT_S).
 BUFFERED_S = 5.0
 
 STATUS_CODES = {

@@ -18,19 +18,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from service.store.records import PredictionRecord
-
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-PREPARE_SLICE = 50  # items prepared between two releases of the GIL (~1 ms of the rules' shadow)
+R = TypeVar("R")
 Count = Callable[[int], None]
 
 
-class RecordSink(Protocol):
-    """Where batches go: `PredictionStore` (any object whose `write` raises on failure)."""
+class RecordSink(Protocol[R]):
+    """Where batches go: any object whose `write` raises on failure (the prediction log's sinks
+    are in service/worker/prediction_log.py)."""
 
-    def write(self, records: Sequence[PredictionRecord]) -> None: ...
+    def write(self, records: Sequence[R]) -> None: ...
 
 
 class Backoff:
@@ -63,12 +62,12 @@ def _ignore(_: int) -> None:
     pass
 
 
-class WriteBehindLog(Generic[T]):
-    """A bounded buffer of items (T: what the request path hands over) flushed to a store.
+class WriteBehindLog(Generic[T, R]):
+    """A bounded buffer of items (T: what the request path hands over) flushed to a sink.
 
     Every `interval_s`, or as soon as `batch_rows` items wait, the flusher thread takes up to
-    `batch_rows` items, calls `prepare(items)` (one PredictionRecord per item, computed off the
-    request path) and `store.write`s them. A failed write keeps its records for a retry after a
+    `batch_rows` items, calls `prepare(items)` (one record R per item, computed off the request
+    path) and `store.write`s them. A failed write keeps its records for a retry after a
     backoff (0.5 s doubling to 5 s). `capacity` bounds everything held, records awaiting a retry
     and the batch being written included: beyond it the oldest rows are dropped, except those of
     the batch in flight, which cannot be taken back.
@@ -81,8 +80,8 @@ class WriteBehindLog(Generic[T]):
 
     def __init__(
         self,
-        store: RecordSink,
-        prepare: Callable[[list[T]], list[PredictionRecord]],
+        store: RecordSink[R],
+        prepare: Callable[[list[T]], list[R]],
         *,
         capacity: int = 10_000,
         batch_rows: int = 500,
@@ -109,7 +108,7 @@ class WriteBehindLog(Generic[T]):
         self.name = name
         self._cond = threading.Condition(threading.Lock())
         self._items: deque[T] = deque()  # appended, not yet prepared
-        self._retry: deque[PredictionRecord] = deque()  # prepared, a write failed: oldest rows
+        self._retry: deque[R] = deque()  # prepared, a write failed: oldest rows
         self._in_flight = 0  # taken by the flusher, not yet written or returned
         self._appended = self._written = self._dropped = 0
         self._retry_at = 0.0  # monotonic time before which no write is tried (backoff)
@@ -225,7 +224,7 @@ class WriteBehindLog(Generic[T]):
                 self._in_flight = n
             if items:
                 try:
-                    records = self._prepare(items)
+                    records = self.prepare(items)
                     if len(records) != len(items):
                         raise ValueError(f"prepare returned {len(records)} records for {n} items")
                 except Exception:  # noqa: BLE001 -- counted as dropped, logged once
@@ -241,16 +240,6 @@ class WriteBehindLog(Generic[T]):
                 time.sleep(max(0.0, min(delay, self._deadline - time.monotonic())))
             else:
                 self._finish(n, written=True)
-
-    def _prepare(self, items: list[T]) -> list[PredictionRecord]:
-        """`prepare` in slices, letting go of the GIL between them. Under load the event loop
-        wants it back at once, and a whole batch prepared in one go held it for milliseconds at a
-        time (the switch interval is 5 ms): a visible share of the answers' p99."""
-        records: list[PredictionRecord] = []
-        for start in range(0, len(items), PREPARE_SLICE):
-            records.extend(self.prepare(items[start : start + PREPARE_SLICE]))
-            time.sleep(0)  # releases the GIL; a thread waiting for it takes it now
-        return records
 
     def _finish(self, n: int, written: bool) -> None:
         """Account for a batch the flusher took: written, or dropped (prepare failed)."""
@@ -274,7 +263,7 @@ class WriteBehindLog(Generic[T]):
             if self.store_up is not None:
                 self._emit(self.store_up, True)
 
-    def _failed(self, records: list[PredictionRecord], exc: Exception) -> float:
+    def _failed(self, records: list[R], exc: Exception) -> float:
         """Put a failed batch back (oldest first) and back off; returns the delay."""
         with self._cond:
             if self._stopped:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import time
 from collections.abc import Callable
 from itertools import repeat
@@ -76,6 +77,7 @@ def build_drift_service(app: GuardedApp) -> Any:
             self.live_performance, self._retention = _performance_monitor(
                 app, self.config, lambda: self.served
             )
+            self._log_writer = _log_writer(app, self.config, lambda: self.served)
 
         def _below_rules(self) -> bool:
             return self.live_performance is not None and self.live_performance.below_rules()
@@ -187,6 +189,18 @@ def build_drift_service(app: GuardedApp) -> Any:
             }
 
         @bentoml.api
+        def log_rows(self, batch: bytes) -> int:
+            """Write a worker's batch of the prediction log (pickled `LoggedRow`s, from
+            service/worker/prediction_log.py) and answer once it is committed; raises when the
+            store does, and the worker keeps the rows. Run in BentoML's thread pool, beside
+            `ingest`."""
+            if self._log_writer is None:
+                raise RuntimeError("the prediction log is off in this process (store.enabled: false)")
+            rows = pickle.loads(batch)
+            self._log_writer.write(rows)
+            return len(rows)
+
+        @bentoml.api
         def performance(self) -> dict[str, Any]:
             """Live performance on labels: GET /monitoring/performance."""
             if self.live_performance is None:
@@ -226,6 +240,8 @@ def build_drift_service(app: GuardedApp) -> Any:
                 self._retention.stop()
             if self.monitor is not None:
                 self.monitor.stop()
+            if self._log_writer is not None:
+                self._log_writer.store.close()
             self.config.stop()
 
     DriftMonitorService.__name__ = DriftMonitorService.__qualname__ = "DriftMonitorService"
@@ -300,6 +316,23 @@ def _fleet_drift(
     return FleetDrift(fleet, monitor, window_row,
                       lambda: served().version if served() is not None else None,
                       lambda: config_store.current.drift, show)
+
+
+def _log_writer(app: GuardedApp, config_store: ConfigStore,
+                served: Callable[[], LoadedModel | None]) -> Any:
+    """The instance's writer of the prediction log (None when the store is off): every worker
+    sends its rows here, so the writing's CPU is spent outside the processes that serve."""
+    from service.store import open_store
+    from service.worker.admin_state import state_dir_path
+    from service.worker.prediction_log import RecordWriter, Redactor, store_url
+
+    cfg = config_store.current
+    if not cfg.store.enabled:
+        return None
+    url = store_url(state_dir_path(cfg.admin.state_dir) / app.name, cfg.store)
+    # Not fsynced per commit on SQLite: rows are at risk in a worker's buffer before this anyway.
+    store = open_store(url, app.name, connect_now=False, durable=False)
+    return RecordWriter(app, store, served, lambda: config_store.current, Redactor())
 
 
 def _performance_monitor(

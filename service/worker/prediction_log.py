@@ -1,25 +1,35 @@
-"""A worker's side of the prediction log: every answered prediction goes to the store.
+"""The prediction log's two halves: what a worker hands over, and what the writer completes.
 
-`PredictionLogRecorder.record` is the only call on the request path: it hands references to the
-write-behind buffer (service/store/write_behind.py). Everything else happens in the writer
-thread, just before the rows are written:
+Every answered prediction goes to the store in three steps, two of them off the request path:
 
-- the rules' shadow output on rows the model answered (the paired yardstick needs both scorers on
-  the same rows; computed here, off the request path, where it costs the answer nothing);
-- the model's shadow output on a share of the rows routed to the rules because of performance
-  (`performance.shadow_ratio`), so paired evidence keeps arriving while the rules answer;
-- the privacy settings: inputs dropped entirely (`store.log_inputs: false`) or per field hashed
-  with a salt or dropped (`store.redact`).
+1. `PredictionLogRecorder.record` (the request path) hands references to the worker's write-behind
+   buffer (service/store/write_behind.py).
+2. The buffer's thread turns them into `LoggedRow`s, plain tuples (`to_wire`), and gives them to
+   the log's sink. Under `bentoml serve` that is `MonitoringProcessSink`: one pickled message to
+   the monitoring process (service/worker/drift_service.py), which writes for every worker of the
+   instance and answers once the rows are committed. Running the writer there keeps its CPU and
+   its wait for the GIL out of the process that serves (docs/BENCHMARKS.md, round 7).
+3. `RecordWriter` completes the rows and writes them: in the monitoring process, or in the worker
+   itself when that process cannot be reached (or none was started):
+   - the rules' shadow output on rows the model answered (the paired yardstick needs both scorers
+     on the same rows);
+   - the model's shadow output on a share of the rows routed to the rules because of performance
+     (`performance.shadow_ratio`), so paired evidence keeps arriving while the rules answer;
+   - the privacy settings: inputs dropped entirely (`store.log_inputs: false`) or per field hashed
+     with a salt or dropped (`store.redact`). Both apply as configured when the row is written.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
+import pickle
 import random
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from monitors import reasons
 from monitors.tasks import InvalidOutput, Output, OutputPolicy
@@ -27,16 +37,33 @@ from service.scoring.model import LoadedModel, output_policy
 from service.scoring.pipeline import Recorder
 from service.scoring.prediction import ROUTE_HEURISTIC, ROUTE_MODEL, Prediction, issued_at
 from service.spec import GuardedApp
-from service.store import PredictionRecord
+from service.store import PredictionRecord, PredictionStore
 from service.worker.config import Settings, StoreConfig
 from service.worker.drift_feed import request_client
 
 log = logging.getLogger("mlguard.store")
 
 SALT_ENV = "MLGUARD_REDACT_SALT"
+# A batch's hand-over to the monitoring process waits no longer than this before the worker
+# writes it itself (records.py's BUFFERED_S allows for it).
+CALL_TIMEOUT_S = 2.0
+COMPLETE_SLICE = 50  # rows completed between two releases of the GIL (~1 ms of the rules' shadow)
 
-# A row, its answer, the config it was answered under, and its sender's hashed identity.
-Pending = tuple[dict[str, Any], Prediction, Settings, str | None]
+# A row, its answer and its sender's hashed identity, as the request path hands them over.
+Pending = tuple[dict[str, Any], Prediction, str | None]
+
+
+class LoggedRow(NamedTuple):
+    """One answered prediction on its way to the writer: plain values, pickled as one message."""
+
+    request_id: str
+    model_version: str
+    route: str
+    cause: str
+    reasons: list[str]
+    inputs: dict[str, Any]
+    answer: dict[str, Any]
+    client: str | None
 
 
 def store_url(state_dir: Path, store: StoreConfig) -> str:
@@ -73,55 +100,90 @@ class Redactor:
 
 
 class PredictionLogRecorder(Recorder):
-    """Hands each answered prediction to the write-behind log; `prepare` runs in its thread."""
+    """Hands each answered prediction to the write-behind log (the only step on the request path)."""
 
-    def __init__(
-        self,
-        app: GuardedApp,
-        append: Callable[[list[Pending]], None],  # the write-behind buffer's append
-        served: Callable[[], LoadedModel | None],
-        redactor: Redactor,
-    ) -> None:
-        self.app = app
-        self._append = append
-        self._served = served
-        self._redact = redactor
+    def __init__(self, append: Callable[[list[Pending]], None]) -> None:
+        self._append = append  # the write-behind buffer's append
 
     def record(self, rows: list[dict[str, Any]], predictions: list[Prediction], violations: Any,
                cfg: Settings) -> None:
         client = request_client(cfg.drift)  # once per request; None unless configured
-        self._append([(row, p, cfg, client) for row, p in zip(rows, predictions)])
+        self._append([(row, p, client) for row, p in zip(rows, predictions)])
 
-    def prepare(self, items: list[Pending]) -> list[PredictionRecord]:
-        """Runs in the writer thread: adds the shadow outputs and applies the privacy settings."""
-        served = self._served()
-        model_shadow = self._model_shadow(items, served)
-        policies: dict[int, OutputPolicy] = {}  # one per config snapshot, not one per row
+
+def to_wire(items: list[Pending]) -> list[LoggedRow]:
+    """The write-behind's `prepare`, in the worker's writer thread: references to plain rows."""
+    return [
+        LoggedRow(p.request_id, p.model_version, p.route, p.cause, p.reasons, row,
+                  p.output.fields, client)
+        for row, p, client in items
+    ]
+
+
+class RecordWriter:
+    """Completes `LoggedRow`s into `PredictionRecord`s and writes them to the store.
+
+    A `RecordSink` (service/store/write_behind.py): `write` raises when the store does, so the
+    caller keeps the rows for a retry."""
+
+    written_by = "this worker"  # what GET /admin/state shows
+
+    def __init__(
+        self,
+        app: GuardedApp,
+        store: PredictionStore,
+        served: Callable[[], LoadedModel | None],  # the version whose shadow is run
+        settings: Callable[[], Settings],
+        redactor: Redactor,
+        beside_serving: bool = False,  # True in a worker: yield the GIL to its loop often
+    ) -> None:
+        self.app = app
+        self.store = store
+        self._served = served
+        self._settings = settings
+        self._redact = redactor
+        self._slice = COMPLETE_SLICE if beside_serving else None
+
+    def write(self, rows: Sequence[LoggedRow]) -> None:
+        self.store.write(self.complete(rows))
+
+    def complete(self, rows: Sequence[LoggedRow]) -> list[PredictionRecord]:
+        """The records of `rows`. Beside serving, in slices: a worker's loop wants the GIL back at
+        once, and a batch completed in one go held it for milliseconds (a visible share of p99)."""
+        if self._slice is None:
+            return self._complete(rows)
+        records: list[PredictionRecord] = []
+        for start in range(0, len(rows), self._slice):
+            records.extend(self._complete(rows[start : start + self._slice]))
+            time.sleep(0)  # releases the GIL; a thread waiting for it takes it now
+        return records
+
+    def _complete(self, rows: Sequence[LoggedRow]) -> list[PredictionRecord]:
+        cfg, served = self._settings(), self._served()
+        policy = _policy(served, cfg)
+        model_shadow = self._model_shadow(rows, served, cfg, policy)
         records = []
-        for i, (row, p, cfg, client) in enumerate(items):
-            model_out = p.output.fields if p.route == ROUTE_MODEL else model_shadow.get(i)
-            if p.route == ROUTE_HEURISTIC:
-                rules_out = p.output.fields
-            elif p.route == ROUTE_MODEL:
-                policy = policies.get(id(cfg))
-                if policy is None:
-                    policy = policies[id(cfg)] = _policy(served, cfg)
-                rules_out = self._rules_shadow(row, policy)
+        for i, r in enumerate(rows):
+            model_out = r.answer if r.route == ROUTE_MODEL else model_shadow.get(i)
+            if r.route == ROUTE_HEURISTIC:
+                rules_out = r.answer
+            elif r.route == ROUTE_MODEL:
+                rules_out = self._rules_shadow(r.inputs, policy)
             else:  # the safe default: the rules failed on this row
                 rules_out = None
             records.append(PredictionRecord(
-                request_id=p.request_id,
-                ts=issued_at(p.request_id) or 0.0,
+                request_id=r.request_id,
+                ts=issued_at(r.request_id) or 0.0,
                 app=self.app.name,
-                model_version=p.model_version,
-                route=p.route,
-                cause=p.cause,
-                reasons=p.reasons,
-                inputs=self._redact(row, cfg.store),
+                model_version=r.model_version,
+                route=r.route,
+                cause=r.cause,
+                reasons=r.reasons,
+                inputs=self._redact(r.inputs, cfg.store),
                 model_output=model_out,
                 rules_output=rules_out,
-                answer=p.output.fields,
-                client=client,
+                answer=r.answer,
+                client=r.client,
             ))
         return records
 
@@ -131,25 +193,67 @@ class PredictionLogRecorder(Recorder):
         except Exception:  # noqa: BLE001 -- a failing rule leaves no shadow, never a lost row
             return None
 
-    def _model_shadow(self, items: list[Pending], served: LoadedModel | None) -> dict[int, dict]:
+    def _model_shadow(self, rows: Sequence[LoggedRow], served: LoadedModel | None, cfg: Settings,
+                      policy: OutputPolicy) -> dict[int, dict]:
         """The model's outputs on the sampled rows that the performance route sent to the rules."""
         if served is None:
             return {}
-        chosen = [
-            i for i, (_, p, cfg, _) in enumerate(items)
-            if p.cause == reasons.PERFORMANCE_BELOW_RULES
-            and random.random() < cfg.performance.shadow_ratio
-        ]
+        ratio = cfg.performance.shadow_ratio
+        chosen = [i for i, r in enumerate(rows)
+                  if r.cause == reasons.PERFORMANCE_BELOW_RULES and random.random() < ratio]
         if not chosen:
             return {}
-        cfg = items[chosen[0]][2]
         try:
-            raw = served.model.predict_rows([self.app.features_of(items[i][0]) for i in chosen])
-            outputs: list[Output | InvalidOutput] = self.app.task.from_model(raw, _policy(served, cfg))
+            raw = served.model.predict_rows([self.app.features_of(rows[i].inputs) for i in chosen])
+            outputs: list[Output | InvalidOutput] = self.app.task.from_model(raw, policy)
         except Exception:  # the shadow must never cost a row its record
             log.warning("model shadow failed on %d rows", len(chosen), exc_info=True)
             return {}
         return {i: out.fields for i, out in zip(chosen, outputs) if isinstance(out, Output)}
+
+
+class MonitoringProcessSink:
+    """Sends rows to the monitoring process's writer; writes them here when it cannot.
+
+    One message per batch, pickled by the worker's writer thread and sent by BentoML's client,
+    which is bound to the worker's event loop: the loop only sends bytes. The monitoring process
+    answers after its commit, so rows count as written only once they are. When the call fails
+    or takes longer than `timeout_s` (the process restarting or stuck, or its store write
+    failing), `local` tries in this worker; if that fails too, the write-behind keeps the rows
+    for a retry (a retried row is stored once: ids already stored are skipped)."""
+
+    def __init__(self, remote: Callable[[], Any], local: RecordWriter,
+                 loop: asyncio.AbstractEventLoop, timeout_s: float = CALL_TIMEOUT_S) -> None:
+        self._remote = remote  # () -> the monitoring process's proxy
+        self._local = local
+        self._loop = loop  # the worker's event loop, where the proxy's calls must run
+        self._timeout_s = timeout_s
+        self._failing = False
+
+    def write(self, rows: Sequence[LoggedRow]) -> None:
+        batch = pickle.dumps(list(rows), pickle.HIGHEST_PROTOCOL)
+        call = asyncio.run_coroutine_threadsafe(self._send(batch), self._loop)
+        try:
+            call.result(self._timeout_s)
+        except Exception as exc:  # noqa: BLE001 -- any failure there: this worker writes itself
+            call.cancel()
+            if not self._failing:
+                log.warning("the monitoring process cannot write the log (%r): this worker writes",
+                            exc)
+            self._failing = True
+            self._local.write(rows)
+            return
+        if self._failing:
+            log.info("the monitoring process writes the log again")
+        self._failing = False
+
+    @property
+    def written_by(self) -> str:
+        """Who wrote the last batch (GET /admin/state)."""
+        return "this worker: the monitoring process cannot" if self._failing else "the monitoring process"
+
+    async def _send(self, batch: bytes) -> None:
+        await self._remote().to_async.log_rows(batch=batch)
 
 
 def _policy(served: LoadedModel | None, cfg: Settings) -> OutputPolicy:

@@ -4,6 +4,8 @@ Built once per worker in the BentoML service's __init__, stopped in its shutdown
 """
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -30,7 +32,14 @@ from service.worker.drift_feed import DriftFeed
 from service.worker.logs import configure_worker_logging
 from service.worker.model_memory import ModelMemory
 from service.worker.model_slot import ModelSlot
-from service.worker.prediction_log import PredictionLogRecorder, Redactor, store_url
+from service.worker.prediction_log import (
+    MonitoringProcessSink,
+    PredictionLogRecorder,
+    RecordWriter,
+    Redactor,
+    store_url,
+    to_wire,
+)
 
 log = logging.getLogger("mlguard.runtime")
 
@@ -49,6 +58,7 @@ class GuardedRuntime:
     ) -> None:
         configure_worker_logging()
         self.app = app
+        self._drift_client = drift_client
         self.config = ConfigStore(config_file or config_path(app.name), validate=app.check_settings)
         # One folder of state per plug-in, so two plug-ins served from one checkout never share it.
         state_dir = state_dir_path(self.config.current.admin.state_dir) / app.name
@@ -95,6 +105,7 @@ class GuardedRuntime:
             if drift_client is not None else None
         )
         self.store_metrics = StoreMetrics(registry)
+        self._log_sink: RecordWriter | MonitoringProcessSink | None = None
         self.records, self.prediction_log, log_recorder = self._open_store(state_dir)
         self.pipeline = GuardedPipeline(
             app,
@@ -129,21 +140,24 @@ class GuardedRuntime:
         m = self.store_metrics
         written, dropped = m.log_rows.labels("written"), m.log_rows.labels("dropped")
         m.store_up.set(1)
-        # Not connected yet: a store that is down must not keep the worker from serving.
-        recorder = PredictionLogRecorder(
-            self.app, lambda items: writer.append(items), lambda: self.slot.current, redactor
-        )
-        # The writer has a connection of its own (feedback never waits on a flush), not fsynced
-        # per commit on SQLite: a killed worker loses its buffer anyway, a power cut a bit more.
+        # This worker's own writer: used only while the monitoring process cannot write (or
+        # when none was started). Not connected yet: a store that is down must not keep the
+        # worker from serving; not fsynced per commit on SQLite: a killed worker loses its
+        # buffer anyway, a power cut a bit more.
+        local = RecordWriter(self.app, open_store(url, self.app.name, connect_now=False, durable=False),
+                             lambda: self.slot.current, self.settings, redactor, beside_serving=True)
+        sink = (MonitoringProcessSink(self._drift_client, local, asyncio.get_running_loop())
+                if self._drift_client else local)  # built on the worker's loop, as BentoML does
+        self._log_sink = sink
         writer = WriteBehindLog(
-            open_store(url, self.app.name, connect_now=False, durable=False),
-            recorder.prepare,
+            sink, to_wire,
             capacity=cfg.buffer_rows, batch_rows=cfg.batch_rows, interval_s=cfg.flush_interval_s,
             on_written=written.inc, on_dropped=dropped.inc,
             store_up=lambda up: m.store_up.set(1 if up else 0),
             on_depth=m.buffer_rows.set,
         )
-        return open_store(url, self.app.name, connect_now=False), writer, recorder
+        # A connection of its own for /feedback and /predictions: they never wait on a flush.
+        return open_store(url, self.app.name, connect_now=False), writer, PredictionLogRecorder(writer.append)
 
     def _predict(self, rows: list[dict[str, Any]]) -> Scored:
         """Runs in a model thread: the version in the slot now computes, and says so."""
@@ -218,9 +232,17 @@ class GuardedRuntime:
             },
             "circuit": self.circuit.snapshot(),
             "drift": {"active": state.drift_active},
+            "prediction_log": self._log_view(),
             "faults": {"active": cfg.faults.active, **cfg.faults.model_dump()},
             "config_version": self.config.version,
         }
+
+    def _log_view(self) -> dict[str, object]:
+        """This worker's prediction log: its rows so far, and who writes them."""
+        if self.prediction_log is None or self._log_sink is None:
+            return {"enabled": False}
+        return {"enabled": True, "written_by": self._log_sink.written_by,
+                **dataclasses.asdict(self.prediction_log.counts())}
 
     def _publish_state(self, cfg: Settings) -> None:
         in_force = mode_in_force(cfg.routing.mode, self.admin.current.mode)
@@ -238,7 +260,8 @@ class GuardedRuntime:
         if self.drift is not None:
             self.drift.start()
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        """Called on the worker's event loop (BentoML's shutdown hook)."""
         self.config.stop()
         self.admin.stop()
         self.slot.stop()
@@ -246,7 +269,9 @@ class GuardedRuntime:
             self.drift.stop()
         self.model_call.shutdown()
         if self.prediction_log is not None:
-            self.prediction_log.stop(timeout_s=5.0)  # what cannot be written by then is counted dropped
+            # In a thread, with the loop free: the last flush may hand its rows to the monitoring
+            # process through this loop. What cannot be written within 5 s is counted dropped.
+            await asyncio.to_thread(self.prediction_log.stop, 5.0)
         if self.records is not None:
             self.records.close()
 
