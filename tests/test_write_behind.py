@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -116,6 +117,43 @@ def test_prepare_failures_drop_their_rows_and_log_once(
     assert (tally.written, tally.dropped) == (10, 10)
     assert stored_ids(sqlite_store) == {f"r{i}" for i in (1, 2, 3, 4, 5, 16, 17, 18, 19, 20)}
     assert sum("prepare failed" in r.getMessage() for r in caplog.records) == 1
+
+
+class SlowSink:
+    """A sink whose first write waits until released: a monitoring process taking its time."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def write(self, records: Sequence[PredictionRecord]) -> None:
+        self.calls.append(len(records))
+        self.entered.set()
+        assert self.release.wait(30)
+
+
+def test_rows_arriving_during_a_slow_write_wait_for_the_next_flush() -> None:
+    # Draining back to back after a slow write called the sink again at once with the few rows
+    # that came meanwhile, over and over: its fixed cost per call paid many times a flush.
+    sink = SlowSink()
+    log = WriteBehindLog(sink, prepare, batch_rows=10, interval_s=3600)
+    log.start()
+    try:
+        log.append(list(range(10)))  # a full batch: written at once
+        assert sink.entered.wait(30)
+        log.append([100, 101, 102])  # arrives while that write is in flight
+        sink.release.set()
+        assert wait_until(lambda: log.counts().written == 10, 30)
+        time.sleep(0.5)
+        assert sink.calls == [10] and log.counts().buffered == 3  # they wait for the interval
+        log.append(list(range(200, 210)))  # ... or for a full batch (the oldest ten)
+        assert wait_until(lambda: log.counts().written == 20, 30)
+        time.sleep(0.5)
+        assert sink.calls == [10, 10] and log.counts().buffered == 3
+    finally:
+        sink.release.set()
+        log.stop(timeout_s=30)
 
 
 def test_stop_flushes_and_joins_its_thread(sqlite_store: PredictionStore) -> None:

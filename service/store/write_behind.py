@@ -203,14 +203,20 @@ class WriteBehindLog(Generic[T, R]):
         self._drain(final=True)
 
     def _drain(self, final: bool) -> None:
-        """Write batches until the buffer is empty, a write fails (not final), or, when final,
-        the stop deadline passes (retrying a failing store with its backoff until then)."""
+        """Write what waits, a batch at a time, until a write fails (not final) or, when final,
+        the buffer is empty or the stop deadline passes (retrying a failing store with its
+        backoff until then). Not final, rows that arrived during a write wait for the next
+        flush unless a full batch waits: a sink that takes a while (the hand-over to the
+        monitoring process) would otherwise be called back to back with a few rows each time."""
+        wrote = False
         while True:
             with self._cond:
                 if final and time.monotonic() >= self._deadline:
                     return
                 if not final and self._stopping:
                     return  # the final drain takes over, bounded by stop's deadline
+                if not final and wrote and not self._retry and len(self._items) < self.batch_rows:
+                    return
                 if self._retry:
                     n = min(self.batch_rows, len(self._retry))
                     records = [self._retry.popleft() for _ in range(n)]
@@ -240,6 +246,7 @@ class WriteBehindLog(Generic[T, R]):
                 time.sleep(max(0.0, min(delay, self._deadline - time.monotonic())))
             else:
                 self._finish(n, written=True)
+                wrote = True
 
     def _finish(self, n: int, written: bool) -> None:
         """Account for a batch the flusher took: written, or dropped (prepare failed)."""
