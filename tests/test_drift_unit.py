@@ -4,6 +4,7 @@ against one client (duplicates counted once, a capped share per client)."""
 from __future__ import annotations
 
 import asyncio
+import pickle
 from types import SimpleNamespace
 
 import pandas as pd
@@ -222,10 +223,11 @@ class _LiveDrift:
         self.clients: list[list[str | None] | None] = []
         self.to_async = self
 
-    async def ingest(self, rows, predictions, version=None, clients=None):
-        self.received.append(rows)
-        self.clients.append(clients)
-        self.predictions.append(predictions)
+    async def ingest(self, batch: bytes, version=None):  # the drift service's signature
+        rows = pickle.loads(batch)  # (row, score, client) each
+        self.received.append([row for row, _, _ in rows])
+        self.predictions.append([score for _, score, _ in rows])
+        self.clients.append([client for _, _, client in rows])
         self.versions.append(version)
         return {"routing_to_fallback": self.routing, "policy_state": "drifted"}
 
@@ -428,7 +430,7 @@ def test_feed_carries_each_rows_hashed_client_to_the_drift_process() -> None:
     assert clients[0] is None and clients[1] == clients[2] and clients[1] != "k1"
     feed.offer([{"a": 3}], [p], cfg)
     asyncio.run(feed.flush())
-    assert live.clients[1] is None  # no row identified: the argument is left out
+    assert live.clients[1] == [None]  # this row's request identified no client
 
 
 def test_client_identity_middleware_exposes_the_headers_for_the_request_only() -> None:

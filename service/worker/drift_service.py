@@ -14,7 +14,6 @@ import os
 import pickle
 import time
 from collections.abc import Callable
-from itertools import repeat
 from typing import Any
 
 import bentoml
@@ -131,32 +130,26 @@ def build_drift_service(app: GuardedApp) -> Any:
             )
 
         @bentoml.api
-        def ingest(
-            self,
-            rows: list[dict[str, Any]],
-            predictions: list[float | str | None],
-            version: str | None = None,
-            clients: list[str | None] | None = None,
-        ) -> dict[str, Any]:
-            """Offer served rows (as clients sent them) to the window; answer the routing verdict.
+        def ingest(self, batch: bytes, version: str | None = None) -> dict[str, Any]:
+            """Offer served rows to the window; answer the routing verdict.
 
+            `batch`: a worker's pickled list of (row as the client sent it, the model's score or
+            None, the client's hashed identity or None) (service/worker/drift_feed.py).
             `version`: the model version the sending worker serves; when it is not the one this
             window belongs to, the rows are dropped, and that version's reference is loaded once
-            no worker serves the one followed (service/worker/served_versions.py).
-            `clients`: each row's hashed client identity (None: unknown), for the window's
-            per-client cap; absent when no row had one."""
+            no worker serves the one followed (service/worker/served_versions.py)."""
+            served_rows: list[tuple[dict[str, Any], float | str | None, str | None]] = pickle.loads(batch)
             if version and version != UNAVAILABLE:
                 self._versions.report(version)
             if self.fleet is not None:
-                return self._fleet_ingest(rows, predictions, clients, version)
+                return self._fleet_ingest(served_rows, version)
             if self.monitor is None or not self._serves(version):
                 return {"routing_to_fallback": False, "policy_state": "off",
                         "performance_below_rules": self._below_rules()}
             policy = self._policy()
-            senders = clients if clients is not None else repeat(None)
             self.monitor.ingest(
                 WindowRow(app.features_of(row), p, _agreed(app, row, p, policy), client)
-                for row, p, client in zip(rows, predictions, senders)
+                for row, p, client in served_rows
             )
             # Only the verdict: it is all a worker needs, and it is cheap to answer per flush.
             return {
@@ -171,16 +164,15 @@ def build_drift_service(app: GuardedApp) -> Any:
             return self.served is not None and (
                 not version or version == UNAVAILABLE or version == self.served.version)
 
-        def _fleet_ingest(self, rows: list[dict[str, Any]], predictions: list[float | str | None],
-                          clients: list[str | None] | None, version: str | None) -> dict[str, Any]:
+        def _fleet_ingest(self, served_rows: list[tuple[dict[str, Any], Any, str | None]],
+                          version: str | None) -> dict[str, Any]:
             """This instance's rows are kept for judging alone while the store is down; the
             verdict is the fleet's."""
             if self._serves(version):
                 policy = self._policy()
-                senders = clients if clients is not None else repeat(None)
                 self.fleet.ingest([
                     WindowRow(app.features_of(row), p, _agreed(app, row, p, policy), client)
-                    for row, p, client in zip(rows, predictions, senders)
+                    for row, p, client in served_rows
                 ])
             return {
                 "routing_to_fallback": self.fleet.routing_to_fallback(),
