@@ -230,9 +230,6 @@ def test_the_drift_process_yields_the_cpu_to_serving(drift_server) -> None:
     assert os.getpriority(os.PRIO_PROCESS, drift_server.proc.pid) == 0
 
 
-HANDED_BACK = "the monitoring process cannot write the log"
-
-
 def _log_totals(server: ServerProcess) -> tuple[float, float, float]:
     """(rows answered, rows written to the log, rows dropped), from /metrics."""
     m = scrape(server.url)
@@ -261,7 +258,6 @@ def test_the_monitoring_process_writes_the_workers_prediction_log(client, drift_
 
 
 def test_a_killed_drift_process_does_not_stop_serving(client, drift_server, traffic) -> None:
-    handed_back_before = drift_server.log_text().count(HANDED_BACK)
     os.kill(_drift_pid(drift_server), signal.SIGKILL)
     for _ in range(10):  # the workers keep answering, whatever the drift process does
         answered = _send(client, traffic["normal"][:20])
@@ -275,8 +271,8 @@ def test_a_killed_drift_process_does_not_stop_serving(client, drift_server, traf
 
     assert wait_until(error_counted, timeout_s=15)
     assert client.get("/readyz").status_code == 200
-    # The prediction log loses nothing: the workers wrote their rows themselves meanwhile.
-    assert drift_server.log_text().count(HANDED_BACK) > handed_back_before
+    # The prediction log loses nothing: whether the workers wrote their rows themselves
+    # meanwhile or handed them to the restarted process, every answered row is written.
 
     def all_written() -> bool:
         answered_rows, written, dropped = _log_totals(drift_server)

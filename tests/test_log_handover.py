@@ -101,24 +101,35 @@ def test_the_monitoring_process_completes_and_writes_what_a_worker_hands_over(tm
             assert record["rules_output"] == r.answer and record["model_output"] is None
 
 
-def test_a_failing_monitoring_process_leaves_the_writing_to_the_worker(tmp_path, loop) -> None:
+def test_a_failing_monitoring_process_leaves_the_writing_to_the_worker_for_a_while(
+        tmp_path, loop) -> None:
     local = writer(tmp_path / "local.db")
+    calls: list[int] = []
 
     async def log_rows(batch: bytes) -> int:
+        calls.append(1)
         raise ConnectionRefusedError("the monitoring process is restarting")
 
     sink = MonitoringProcessSink(lambda: Proxy(log_rows), local, loop)
-    rows = handed_over(4)
-    sink.write(rows)
-    assert set(stored(local.store)) == {r.request_id for r in rows}
+    first, second = handed_over(4), handed_over(4)
+    sink.write(first)
+    sink.write(second)  # within LOCAL_S of the failure: not tried again
+    assert calls == [1]
+    assert set(stored(local.store)) == {r.request_id for r in first + second}
     assert sink.written_by.startswith("this worker")
 
 
 def test_a_stuck_monitoring_process_is_waited_for_no_longer_than_the_timeout(tmp_path, loop) -> None:
     local = writer(tmp_path / "local.db")
+    remote = writer(tmp_path / "remote.db")
     cancelled = threading.Event()
+    stuck = threading.Event()
 
     async def log_rows(batch: bytes) -> int:
+        if not stuck.is_set():  # answers once, then hangs
+            stuck.set()
+            remote.write(pickle.loads(batch))
+            return 0
         try:
             await asyncio.sleep(60)
         except asyncio.CancelledError:
@@ -127,12 +138,36 @@ def test_a_stuck_monitoring_process_is_waited_for_no_longer_than_the_timeout(tmp
         return 0
 
     sink = MonitoringProcessSink(lambda: Proxy(log_rows), local, loop, timeout_s=0.2)
+    sink.write(handed_over(2))
     rows = handed_over(4)
     started = time.monotonic()
     sink.write(rows)
     assert time.monotonic() - started < 30  # not the stuck call's 60 s
     assert set(stored(local.store)) == {r.request_id for r in rows}
     assert cancelled.wait(5)
+
+
+def test_a_stopping_worker_takes_the_call_in_flight_back(tmp_path, loop) -> None:
+    local = writer(tmp_path / "local.db")
+    entered = threading.Event()
+
+    async def log_rows(batch: bytes) -> int:
+        entered.set()
+        await asyncio.sleep(60)  # the monitoring process, stopping too, never answers
+        return 0
+
+    sink = MonitoringProcessSink(lambda: Proxy(log_rows), local, loop, timeout_s=60)
+    rows = handed_over(3)
+    writing = threading.Thread(target=sink.write, args=(rows,))
+    writing.start()
+    assert entered.wait(10)
+    sink.hand_back()  # what the worker's shutdown does
+    writing.join(10)
+    assert not writing.is_alive()
+    assert set(stored(local.store)) == {r.request_id for r in rows}
+    later = handed_over(2)
+    sink.write(later)  # after that, straight to this worker's writer
+    assert set(stored(local.store)) >= {r.request_id for r in later}
 
 
 def test_when_neither_can_write_the_rows_stay_with_the_write_behind(tmp_path, loop) -> None:

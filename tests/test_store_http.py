@@ -159,7 +159,7 @@ def test_delete_erases_a_prediction(client) -> None:
     # Deleted again at once: the id is seconds old, so the row might still be on its way (503,
     # retry); once that time is past, there is nothing to erase (404).
     assert client.delete(url, headers=AUTH).status_code == 503
-    assert wait_until(lambda: client.delete(url, headers=AUTH).status_code == 404, 15)
+    assert wait_until(lambda: client.delete(url, headers=AUTH).status_code == 404, 30)
 
 
 def rules_outcome(row: dict) -> str:

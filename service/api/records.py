@@ -37,10 +37,11 @@ from service.api.auth import admin_auth, feedback_auth, monitoring_auth
 from service.api.responses import json_response
 from service.scoring.prediction import issued_at
 from service.store import FeedbackResult, Outcome
+from service.worker.prediction_log import CALL_TIMEOUT_S as HANDOVER_S
 
 T = TypeVar("T")
-# How long after its issue a prediction's row may still be on its way to the log: a few flushes,
-# and a hand-over to the monitoring process (bounded by prediction_log.CALL_TIMEOUT_S).
+# How long after its issue a prediction's row may still be on its way to the log: a few flushes
+# (at least BUFFERED_S), then a hand-over to the monitoring process of at most HANDOVER_S.
 BUFFERED_S = 5.0
 
 STATUS_CODES = {
@@ -180,7 +181,7 @@ def records_app(runtime: Callable[[], Any]) -> Starlette:
             return deleted
         if not deleted:
             issued = issued_at(request_id)
-            buffered_s = max(BUFFERED_S, 4 * rt.settings().store.flush_interval_s)
+            buffered_s = max(BUFFERED_S, 4 * rt.settings().store.flush_interval_s) + HANDOVER_S
             if issued is not None and time.time() - issued <= buffered_s:
                 # Issued moments ago, its row may still be in a worker's write buffer: a 404
                 # would tell the client there is nothing to erase, and the row would land after.

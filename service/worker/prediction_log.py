@@ -28,6 +28,7 @@ import pickle
 import random
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -45,8 +46,11 @@ log = logging.getLogger("mlguard.store")
 
 SALT_ENV = "MLGUARD_REDACT_SALT"
 # A batch's hand-over to the monitoring process waits no longer than this before the worker
-# writes it itself (records.py's BUFFERED_S allows for it).
-CALL_TIMEOUT_S = 2.0
+# writes it itself (service/api/records.py allows for it). Generous: that process runs niced,
+# and under full load it answered in over 2 s now and then (docs/BENCHMARKS.md, round 7).
+CALL_TIMEOUT_S = 10.0
+PROBE_TIMEOUT_S = 2.0  # the same, while the process has not answered (starting, or it failed)
+LOCAL_S = 5.0  # after a failed hand-over, batches are written here this long before a new try
 COMPLETE_SLICE = 50  # rows completed between two releases of the GIL (~1 ms of the rules' shadow)
 
 # A row, its answer and its sender's hashed identity, as the request path hands them over.
@@ -217,10 +221,16 @@ class MonitoringProcessSink:
 
     One message per batch, pickled by the worker's writer thread and sent by BentoML's client,
     which is bound to the worker's event loop: the loop only sends bytes. The monitoring process
-    answers after its commit, so rows count as written only once they are. When the call fails
-    or takes longer than `timeout_s` (the process restarting or stuck, or its store write
-    failing), `local` tries in this worker; if that fails too, the write-behind keeps the rows
-    for a retry (a retried row is stored once: ids already stored are skipped)."""
+    answers after its commit, so rows count as written only once they are.
+
+    When a call fails (the process starting or restarting, or its store write failing) or takes
+    too long, `local` writes the batch in this worker (if that fails too, the write-behind keeps
+    the rows for a retry; a retried row is stored once: ids already stored are skipped), and so
+    does every batch for the next `LOCAL_S` seconds, after which the process is tried again. A
+    process that has answered may take up to `timeout_s` (it runs niced: seconds under full load
+    are normal); one that has not, `PROBE_TIMEOUT_S` (while it starts, a call waits in its socket's
+    backlog). `hand_back` (shutdown) cancels a call in flight: the monitoring process may be
+    stopping too."""
 
     def __init__(self, remote: Callable[[], Any], local: RecordWriter,
                  loop: asyncio.AbstractEventLoop, timeout_s: float = CALL_TIMEOUT_S) -> None:
@@ -228,29 +238,44 @@ class MonitoringProcessSink:
         self._local = local
         self._loop = loop  # the worker's event loop, where the proxy's calls must run
         self._timeout_s = timeout_s
-        self._failing = False
+        self._answered = False  # the process's last call succeeded
+        self._local_until = 0.0  # monotonic time before which batches are written here
+        self._closing = False
+        self._call: Future[None] | None = None
 
     def write(self, rows: Sequence[LoggedRow]) -> None:
-        batch = pickle.dumps(list(rows), pickle.HIGHEST_PROTOCOL)
-        call = asyncio.run_coroutine_threadsafe(self._send(batch), self._loop)
-        try:
-            call.result(self._timeout_s)
-        except Exception as exc:  # noqa: BLE001 -- any failure there: this worker writes itself
-            call.cancel()
-            if not self._failing:
-                log.warning("the monitoring process cannot write the log (%r): this worker writes",
-                            exc)
-            self._failing = True
+        if self._closing or time.monotonic() < self._local_until:
             self._local.write(rows)
             return
-        if self._failing:
+        batch = pickle.dumps(list(rows), pickle.HIGHEST_PROTOCOL)
+        self._call = call = asyncio.run_coroutine_threadsafe(self._send(batch), self._loop)
+        try:
+            call.result(self._timeout_s if self._answered else PROBE_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 -- any failure there: this worker writes itself
+            call.cancel()
+            if self._answered or self._local_until == 0.0:
+                log.warning("the monitoring process cannot write the log (%r): this worker writes",
+                            exc)
+            self._answered, self._local_until = False, time.monotonic() + LOCAL_S
+            self._local.write(rows)
+            return
+        if not self._answered and self._local_until:
             log.info("the monitoring process writes the log again")
-        self._failing = False
+        self._answered = True
+
+    def hand_back(self) -> None:
+        """From now on this worker writes its rows itself (it is stopping)."""
+        self._closing = True
+        call = self._call
+        if call is not None:
+            call.cancel()
 
     @property
     def written_by(self) -> str:
-        """Who wrote the last batch (GET /admin/state)."""
-        return "this worker: the monitoring process cannot" if self._failing else "the monitoring process"
+        """Who writes now (GET /admin/state)."""
+        if self._closing or time.monotonic() < self._local_until:
+            return "this worker: the monitoring process cannot"
+        return "the monitoring process"
 
     async def _send(self, batch: bytes) -> None:
         await self._remote().to_async.log_rows(batch=batch)

@@ -269,8 +269,10 @@ class GuardedRuntime:
             self.drift.stop()
         self.model_call.shutdown()
         if self.prediction_log is not None:
-            # In a thread, with the loop free: the last flush may hand its rows to the monitoring
-            # process through this loop. What cannot be written within 5 s is counted dropped.
+            if isinstance(self._log_sink, MonitoringProcessSink):
+                self._log_sink.hand_back()  # the monitoring process may be stopping too
+            # In a thread: a write may still be finishing. What cannot be written within 5 s is
+            # counted dropped.
             await asyncio.to_thread(self.prediction_log.stop, 5.0)
         if self.records is not None:
             self.records.close()
