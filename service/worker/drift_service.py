@@ -310,20 +310,26 @@ def _fleet_drift(
                       lambda: config_store.current.drift, show)
 
 
+def _store_url(app: GuardedApp, cfg: config.Settings) -> str:
+    """The plug-in's prediction store, as its workers find it (service/worker/runtime.py)."""
+    from service.worker.admin_state import state_dir_path
+    from service.worker.prediction_log import store_url
+
+    return store_url(state_dir_path(cfg.admin.state_dir) / app.name, cfg.store)
+
+
 def _log_writer(app: GuardedApp, config_store: ConfigStore,
                 served: Callable[[], LoadedModel | None]) -> Any:
     """The instance's writer of the prediction log (None when the store is off): every worker
     sends its rows here, so the writing's CPU is spent outside the processes that serve."""
     from service.store import open_store
-    from service.worker.admin_state import state_dir_path
-    from service.worker.prediction_log import RecordWriter, Redactor, store_url
+    from service.worker.prediction_log import RecordWriter, Redactor
 
     cfg = config_store.current
     if not cfg.store.enabled:
         return None
-    url = store_url(state_dir_path(cfg.admin.state_dir) / app.name, cfg.store)
     # Not fsynced per commit on SQLite: rows are at risk in a worker's buffer before this anyway.
-    store = open_store(url, app.name, connect_now=False, durable=False)
+    store = open_store(_store_url(app, cfg), app.name, connect_now=False, durable=False)
     return RecordWriter(app, store, served, lambda: config_store.current, Redactor())
 
 
@@ -335,15 +341,12 @@ def _performance_monitor(
     from monitors.metrics import PerformanceMetrics
     from monitors.performance import Calibration
     from service.store import open_store
-    from service.worker.admin_state import state_dir_path
     from service.worker.performance_monitor import PerformanceMonitor
-    from service.worker.prediction_log import store_url
 
     cfg = config_store.current
     if not cfg.store.enabled:
         return None, None
-    store = open_store(store_url(state_dir_path(cfg.admin.state_dir) / app.name, cfg.store), app.name,
-                       connect_now=False)
+    store = open_store(_store_url(app, cfg), app.name, connect_now=False)
 
     def calibration() -> Calibration | None:
         loaded = served()
