@@ -1,8 +1,8 @@
 """`make bench` / `make bench-quick`: the guard's cost against bare BentoML, side by side.
 
 Starts a bare, an adaptive-batching and a guarded server once (and the drift pair's twin, and the
-shipped config without the store); the guarded scenarios are hot-reloaded configurations of the
-guarded one. Every repeat measures every
+shipped config with and without the store); the other guarded scenarios are hot-reloaded
+configurations of the guarded one. Every repeat measures every
 scenario at each concurrency, in a rotating order, each right beside a bare trial, and ratios
 against bare are taken within those pairs, so the load of a shared machine hits both sides alike
 (docs/BENCHMARKS.md). Writes bench/results.json; with --chart and --doc (`make bench`) also
@@ -36,6 +36,7 @@ from bench.servers import (
     cpu_seconds,
     drift_server,
     drift_sides,
+    shipped_servers,
     start_servers,
     stop_all,
 )
@@ -89,7 +90,7 @@ SIZES = {
 class Group:
     """Scenarios measured in one step, beside bare, under one configuration of the guarded server."""
 
-    config: str
+    config: str | None  # the guarded server's configuration, None when the step does not use it
     scenarios: list[str]
     tight: bool  # its ratios have targets close to 1 (see Size)
 
@@ -159,7 +160,7 @@ def plan_groups(drift_name: str) -> list[Group]:
     step share a server except bare's: each server's CPU time is its scenario's."""
     return [
         Group("guarded", ["guarded", drift_name], tight=True),
-        Group("default", ["default", "store_off"], tight=True),
+        Group(None, ["default", "store_off"], tight=True),
         Group("micro_batching", ["micro_batching", "adaptive"], tight=True),
         Group("guarded", ["batch"], tight=False),
         Group("heuristic", ["heuristic"], tight=False),
@@ -212,8 +213,8 @@ class Runner:
         self.batch_rows = args.batch_rows
 
     def _server_name(self, name: str) -> str:
-        """bare, adaptive and the drift server are servers of their own; the rest are the guarded
-        server's."""
+        """bare, adaptive, the drift server, default and store_off are servers of their own; the
+        rest are the guarded server's."""
         return name if name in self.procs else "guarded"
 
     def _server(self, name: str) -> ServerProcess:
@@ -273,7 +274,8 @@ def measure(args: argparse.Namespace) -> dict:
     groups = plan_groups(drift_name)
     latency = reference_model_latency()  # before any server runs: the machine is the quietest
     with tempfile.TemporaryDirectory(prefix="mlguard-bench-") as tmp:
-        print(f"starting bare, adaptive, guarded, store_off and {drift_name} ({args.workers} worker(s) each) ...",
+        print(f"starting bare, adaptive, guarded, {drift_name}, default and store_off "
+              f"({args.workers} worker(s) each) ...",
               file=sys.stderr)
         procs = start_servers(args.workers, max(concurrencies), Path(tmp))
         try:
@@ -295,7 +297,8 @@ def run_steps(run: Runner, groups: list[Group], texts: dict[str, str], concurren
         for r in range(repeats):
             for k in range(len(groups)):
                 group = groups[(k + r) % len(groups)]
-                apply_config(run.procs["guarded"], texts[group.config], args.workers)
+                if group.config is not None:
+                    apply_config(run.procs["guarded"], texts[group.config], args.workers)
                 for c in concurrencies:
                     order = step_order(group, c, bare_first=(r + k) % 2 == 0)
                     if c == 1:
@@ -326,6 +329,7 @@ def assemble(args, steps: dict[int, list[dict[str, Trial]]], memory: PeakMemory,
             "workers": args.workers, "concurrency": concurrencies, **asdict(SIZES[args.size]),
             "batch_rows": args.batch_rows, "distinct_rows": n_rows,
             "guarded_configurations": configurations(max(concurrencies)),
+            "shipped_servers": shipped_servers(max(concurrencies)),
             "drift_server": dict([drift_server(max(concurrencies))]),
             "drift_sides": {"on": on, "off": off},
         },

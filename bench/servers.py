@@ -1,12 +1,15 @@
 """The servers a run compares, the guarded one's configurations, and memory.
 
-Four servers: bare BentoML, BentoML with its adaptive batching (the peer of mlguard's
-micro-batching), the guarded service, and the guarded service with drift monitoring switched from
-the shipped default (for the drift on/off pair). The other guarded scenarios (model path, the
-shipped default configuration, forced heuristic, micro-batching) are hot-reloaded configurations of
-the one guarded server rather than servers of their own: the same process answers every one of
-them (no difference in heap or placement). Drift gets a server of its own so that its two sides can
-run side by side, request by request, like every scenario and bare (bench/run.py).
+Six servers: bare BentoML, BentoML with its adaptive batching (the peer of mlguard's
+micro-batching), the guarded service, the guarded service with drift monitoring switched from the
+shipped default (for the drift on/off pair), and the shipped configuration with and without the
+prediction log (`default` and `store_off`). The other guarded scenarios (model path, forced
+heuristic, micro-batching, batch) are hot-reloaded configurations of the one guarded server rather
+than servers of their own: the same process answers every one of them (no difference in heap or
+placement). A pair whose two sides run side by side, request by request (bench/run.py), needs two
+servers. `default` has one of its own, fresh like `store_off`, for a second reason: the guarded
+server's prediction log fills with every other scenario's rows (batch alone writes a hundred a
+request), and the store pair would compare a log of millions of rows against none.
 """
 from __future__ import annotations
 
@@ -40,16 +43,22 @@ def _base(model_concurrency: int) -> dict:
 
 def configurations(model_concurrency: int) -> dict[str, dict]:
     """Config overrides of each scenario hot-reloaded on the guarded server, on top of
-    config/mlguard.yaml. `default` is the shipped configuration as a user runs it (deadline,
-    model slots, micro-batching, drift, logging all as shipped): only the reload poll, a restart
-    key that does nothing per request, is the bench's."""
+    config/mlguard.yaml."""
     base = _base(model_concurrency)
     return {
         "guarded": base,
-        "default": {"reload": base["reload"]},
         "heuristic": {**base, "routing": {"mode": "fallback"}},
         "micro_batching": {"model": {**base["model"], "micro_batching": True}},
     }
+
+
+def shipped_servers(model_concurrency: int) -> dict[str, dict]:
+    """Config overrides of the two servers running the shipped configuration as a user runs it
+    (deadline, model slots, micro-batching, drift, logging all as shipped), with the prediction log
+    (`default`) and without (`store_off`: store.enabled is a restart key). Only the reload poll, which
+    does nothing per request, is the bench's."""
+    reload = _base(model_concurrency)["reload"]
+    return {"default": {"reload": reload}, "store_off": {"reload": reload, "store": {"enabled": False}}}
 
 
 def drift_sides() -> tuple[str, str]:
@@ -78,9 +87,7 @@ def start_servers(workers: int, model_concurrency: int, root: Path) -> dict[str,
     guarded = {
         "guarded": configurations(model_concurrency)["guarded"],
         drift_name: drift_overrides,
-        # The shipped configuration without the prediction log (store.enabled is a restart key,
-        # so a server of its own), measured beside `default`: what logging every answer costs.
-        "store_off": {**configurations(model_concurrency)["default"], "store": {"enabled": False}},
+        **shipped_servers(model_concurrency),
     }
     bare_env = {"BARE_WORKERS": str(workers)}
     procs = {

@@ -16,8 +16,8 @@ from bench.report import (
     pooled_percentile_ratio,
     ratios_at,
 )
-from bench.run import Group, reference_model_latency, requests_for, step_order
-from bench.servers import ADAPTIVE_TARGET, BARE_TARGET
+from bench.run import Group, plan_groups, reference_model_latency, requests_for, step_order
+from bench.servers import ADAPTIVE_TARGET, BARE_TARGET, configurations, shipped_servers
 from tests.support.data import GOOD_ROW
 from tests.support.server import ServerProcess
 
@@ -161,6 +161,15 @@ def test_batching_peers_are_measured_at_the_highest_concurrency_only() -> None:
     group = Group("micro_batching", ["micro_batching", "adaptive"], tight=True)
     assert step_order(group, 1, bare_first=True) == ["bare", "micro_batching"]
     assert step_order(group, 16, bare_first=False) == ["micro_batching", "adaptive", "bare"]
+
+
+def test_the_store_pair_runs_on_two_fresh_servers_that_differ_only_in_the_store() -> None:
+    """Not on the guarded server, whose prediction log holds every other scenario's rows."""
+    shipped = shipped_servers(16)
+    assert shipped["store_off"] == {**shipped["default"], "store": {"enabled": False}}
+    assert not shipped.keys() & configurations(16).keys()  # not hot-reloaded on the guarded server
+    (pair,) = [g for g in plan_groups("drift_off") if "store_off" in g.scenarios]
+    assert pair.scenarios == ["default", "store_off"] and pair.config is None
 
 
 def test_the_adaptive_peer_is_sent_one_row_lists() -> None:
