@@ -199,6 +199,28 @@ def test_state_file_is_shared_through_the_watcher_and_bad_edits_are_ignored(tmp_
         writer.set_mode("sideways", "10.0.0.7")
 
 
+def test_a_poll_that_read_the_file_just_before_a_change_does_not_undo_it(tmp_path) -> None:
+    """The watcher thread reads the file, this worker's request then sets a new mode: the text
+    read before must not put the old mode back (it did, until the next poll)."""
+    from service.worker.admin_state import AdminStateStore
+
+    store = AdminStateStore(tmp_path)
+    store.set_mode("auto", "10.0.0.7")
+    real = store.watched.path
+
+    class ReadThenChange:
+        """The file as the watcher reads it, with a change landing right after the read."""
+
+        def read_text(self) -> str:
+            text = real.read_text()
+            store.set_mode("fallback", "10.0.0.8")
+            return text
+
+    store.watched.path = ReadThenChange()
+    store.watched.poll()
+    assert (store.current.mode, store.current.changed_by) == ("fallback", "10.0.0.8")
+
+
 def test_the_file_keeps_a_short_history_and_loads_files_written_before_it(tmp_path) -> None:
     from service.worker.admin_state import FILE_HISTORY, AdminStateStore
 

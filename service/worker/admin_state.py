@@ -151,15 +151,25 @@ class AdminStateStore:
                       self.path, exc)
             return []
 
-    def _load(self, text: str | None) -> None:
-        try:
-            state = AdminRouting() if text is None else _state_of(json.loads(text))
-            if state.mode not in (None, *MODES):
-                raise ValueError(f"mode {state.mode!r}")
-        except (ValueError, TypeError, AttributeError) as exc:  # a hand edit gone wrong
-            log.error("admin state file %s invalid, keeping mode %s: %s", self.path, self.current.mode, exc)
-            return
+    def _load(self, polled: str | None) -> None:
+        """The watcher saw the file change. It is read again here, under the lock `set_mode`
+        writes under: text the watcher read just before a change made in this worker would
+        otherwise undo that change until the next poll."""
         with self._lock:
+            try:
+                text: str | None = self.path.read_text()
+            except FileNotFoundError:
+                text = None
+            except OSError:  # unreadable a moment after the watcher read it: take its text
+                text = polled
+            try:
+                state = AdminRouting() if text is None else _state_of(json.loads(text))
+                if state.mode not in (None, *MODES):
+                    raise ValueError(f"mode {state.mode!r}")
+            except (ValueError, TypeError, AttributeError) as exc:  # a hand edit gone wrong
+                log.error("admin state file %s invalid, keeping mode %s: %s", self.path,
+                          self.current.mode, exc)
+                return
             changed = state != self.current
             if changed:
                 log.info("admin routing override now %s (set by %s)", state.mode, state.changed_by)
