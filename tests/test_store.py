@@ -195,6 +195,22 @@ def test_feedback_outcomes(store: PredictionStore) -> None:
                        FeedbackResult.CONFLICT, FeedbackResult.UNKNOWN, FeedbackResult.PENDING]
 
 
+def test_feedback_for_another_plug_ins_prediction_is_unknown(store: PredictionStore,
+                                                             store_url: str) -> None:
+    """Plug-ins sharing a database: an id one of them issued is unknown to the others, even
+    within the pending horizon, and its own outcome still lands."""
+    other = open_store(store_url, "churn")
+    try:
+        other.write([record("theirs", app="churn")])
+        assert store.add_outcome("theirs", "bad", 2000.0, pending_ok=True) is FeedbackResult.UNKNOWN
+        assert store.add_outcomes([Outcome("theirs", "bad", 2000.0, pending_ok=True)]) == [
+            FeedbackResult.UNKNOWN]
+        assert other.add_outcome("theirs", "good", 2001.0, pending_ok=False) is FeedbackResult.RECORDED
+        assert other.get("theirs")["outcome"] == "good" and store.get("theirs") is None
+    finally:
+        other.close()
+
+
 def test_conflicting_outcomes_posted_at_once_record_one(store: PredictionStore,
                                                         store_url: str) -> None:
     """Four workers (a store object each) post different outcomes for the same ids at once."""

@@ -158,11 +158,13 @@ class PredictionStore(schema.MigratedStore):
             return [self._add_outcome(cur, o) for o in outcomes]
 
     def _add_outcome(self, cur: Cursor, item: Outcome) -> FeedbackResult:
-        logged = cur.execute(
-            "SELECT 1 FROM mlguard_predictions WHERE request_id = ? AND app = ?",
-            (item.request_id, self.app),
-        ).fetchone() is not None
-        if not logged and not item.pending_ok:
+        owner = cur.execute(
+            "SELECT app FROM mlguard_predictions WHERE request_id = ?", (item.request_id,)
+        ).fetchone()
+        logged = owner is not None and owner[0] == self.app
+        # Another plug-in's id (several can share a database) was never issued by this one: kept
+        # as pending, its outcome would hold that id and never join either prediction.
+        if not logged and (owner is not None or not item.pending_ok):
             return FeedbackResult.UNKNOWN
         # Insert-then-read-back, never read-then-insert: of two concurrent posts for one id the
         # database lets exactly one insert land; the other reads what it wrote.
