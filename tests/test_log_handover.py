@@ -8,7 +8,6 @@ tests/test_drift_http.py and tests/test_store_http.py.
 from __future__ import annotations
 
 import asyncio
-import pickle
 import threading
 import time
 from collections.abc import Iterator
@@ -23,9 +22,12 @@ from service.scoring.prediction import ROUTE_HEURISTIC, ROUTE_MODEL, Prediction,
 from service.store import PredictionStore, open_store
 from service.worker.config import Settings
 from service.worker.prediction_log import (
+    LoggedRow,
     MonitoringProcessSink,
     RecordWriter,
     Redactor,
+    decode_rows,
+    encode_rows,
     to_wire,
 )
 from tests.support.data import credit_rows
@@ -75,11 +77,17 @@ class Proxy:
         self.log_rows = log_rows
 
 
+def test_a_batch_crosses_to_the_monitoring_process_unchanged() -> None:
+    rows = handed_over(5)
+    assert decode_rows(encode_rows(rows)) == rows
+    assert all(type(r) is LoggedRow for r in decode_rows(encode_rows(rows)))
+
+
 def test_the_monitoring_process_completes_and_writes_what_a_worker_hands_over(tmp_path, loop) -> None:
     remote, local = writer(tmp_path / "remote.db"), writer(tmp_path / "local.db")
 
     async def log_rows(batch: bytes) -> int:  # what the endpoint does with the message
-        rows = pickle.loads(batch)
+        rows = decode_rows(batch)
         remote.write(rows)
         return len(rows)
 
@@ -128,7 +136,7 @@ def test_a_stuck_monitoring_process_is_waited_for_no_longer_than_the_timeout(tmp
     async def log_rows(batch: bytes) -> int:
         if not stuck.is_set():  # answers once, then hangs
             stuck.set()
-            remote.write(pickle.loads(batch))
+            remote.write(decode_rows(batch))
             return 0
         try:
             await asyncio.sleep(60)

@@ -182,13 +182,15 @@ def build_drift_service(app: GuardedApp) -> Any:
 
         @bentoml.api
         def log_rows(self, batch: bytes) -> int:
-            """Write a worker's batch of the prediction log (pickled `LoggedRow`s, from
+            """Write a worker's batch of the prediction log (`encode_rows` in
             service/worker/prediction_log.py) and answer once it is committed; raises when the
             store does, and the worker keeps the rows. Run in BentoML's thread pool, beside
             `ingest`."""
+            from service.worker.prediction_log import decode_rows
+
             if self._log_writer is None:
                 raise RuntimeError("the prediction log is off in this process (store.enabled: false)")
-            rows = pickle.loads(batch)
+            rows = decode_rows(batch)
             self._log_writer.write(rows)
             return len(rows)
 

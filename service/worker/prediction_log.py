@@ -124,6 +124,16 @@ def to_wire(items: list[Pending]) -> list[LoggedRow]:
     ]
 
 
+def encode_rows(rows: Sequence[LoggedRow]) -> bytes:
+    """A batch as the monitoring process's `log_rows` takes it. Plain tuples: a NamedTuple pickles
+    through Python-level hooks, ~7 µs a row more to load on the other side (measured in round 8)."""
+    return pickle.dumps([tuple(r) for r in rows], pickle.HIGHEST_PROTOCOL)
+
+
+def decode_rows(batch: bytes) -> list[LoggedRow]:
+    return [LoggedRow(*fields) for fields in pickle.loads(batch)]
+
+
 class RecordWriter:
     """Completes `LoggedRow`s into `PredictionRecord`s and writes them to the store.
 
@@ -247,7 +257,7 @@ class MonitoringProcessSink:
         if self._closing or time.monotonic() < self._local_until:
             self._local.write(rows)
             return
-        batch = pickle.dumps(list(rows), pickle.HIGHEST_PROTOCOL)
+        batch = encode_rows(rows)
         self._call = call = asyncio.run_coroutine_threadsafe(self._send(batch), self._loop)
         try:
             call.result(self._timeout_s if self._answered else PROBE_TIMEOUT_S)
