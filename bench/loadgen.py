@@ -162,6 +162,24 @@ def run_trial(target: Target, concurrency: int, seconds: float) -> Trial:
         return runner.run(_run(target, concurrency, seconds))
 
 
+def merge(parts: list[Trial]) -> Trial:
+    """One side's slices of equal length (bench/run.py interleaves sides slice by slice) as one
+    trial: counts, times and latencies summed, throughput the mean of the slices'."""
+    whole = Trial()
+    for part in parts:
+        whole.requests += part.requests
+        whole.rows += part.rows
+        whole.errors += part.errors
+        whole.seconds += part.seconds
+        whole.cpu_seconds += part.cpu_seconds
+        whole.latencies.extend(part.latencies)
+        whole.routes.update(part.routes)
+        for role, cpu in part.server_cpu_seconds.items():
+            whole.server_cpu_seconds[role] = whole.server_cpu_seconds.get(role, 0.0) + cpu
+    whole.rows_per_s = sum(p.rows_per_s for p in parts) / len(parts) if parts else 0.0
+    return whole
+
+
 def run_alternating(targets: list[Target], seconds: float) -> list[Trial]:
     """Concurrency 1 on several servers at once, request by request in turn, for `seconds`.
 

@@ -27,7 +27,15 @@ import httpx
 from tqdm import tqdm
 
 from bench import report
-from bench.loadgen import RequestCycle, Target, Trial, encode_post, run_alternating, run_trial
+from bench.loadgen import (
+    RequestCycle,
+    Target,
+    Trial,
+    encode_post,
+    merge,
+    run_alternating,
+    run_trial,
+)
 from bench.servers import (
     PeakMemory,
     apply_config,
@@ -76,6 +84,10 @@ class Size:
 
 
 WARMUP_S = 0.15  # concurrency 1: a few requests to each side before measuring
+# Above concurrency 1 a step's sides take turns for this long each until each had its time: this
+# machine's speed wanders over seconds, and whole trials one after the other met different machines
+# (docs/BENCHMARKS.md, round 8).
+SLICE_S = 1.0
 
 # The reference model answers ~400 requests/s here (it was ~60 with the former 400-tree model), so
 # these trials hold as many answers as the former, longer ones did; five groups (two of them with
@@ -237,13 +249,24 @@ class Runner:
     def _share(self, tight: bool) -> float:
         return 1.0 if tight else self.size.other_share
 
-    def alone(self, name: str, concurrency: int, tight: bool) -> Trial:
+    def alone(self, name: str, concurrency: int, seconds: float) -> Trial:
         """One server, `concurrency` connections (more than one)."""
         server, target = self._server(name), self._target(name)
         before = cpu_seconds(server.proc.pid)
-        trial = run_trial(target, concurrency, self.size.seconds_concurrent * self._share(tight))
+        trial = run_trial(target, concurrency, seconds)
         trial.server_cpu_seconds = _minus(cpu_seconds(server.proc.pid), before)
         return trial
+
+    def interleaved(self, names: list[str], concurrency: int, tight: bool) -> list[Trial]:
+        """Above concurrency 1, where one side cannot wait while another works: the sides in
+        turn, `SLICE_S` at a time, until each has had its time; each side's slices make its trial."""
+        seconds = self.size.seconds_concurrent * self._share(tight)
+        slices = max(1, round(seconds / SLICE_S))
+        parts: dict[str, list[Trial]] = {n: [] for n in names}
+        for _ in range(slices):
+            for name in names:
+                parts[name].append(self.alone(name, concurrency, seconds / slices))
+        return [merge(parts[n]) for n in names]
 
     def alternating(self, names: list[str], tight: bool) -> list[Trial]:
         """Concurrency 1, request by request in turn (bench/loadgen.py), each side for about as long
@@ -266,7 +289,7 @@ def measure(args: argparse.Namespace) -> dict:
     side by side, and ratios are taken within steps. On a shared machine, speed comes and goes over
     seconds, and one step sees one machine. At concurrency 1 a step's servers are loaded at once,
     request by request in turn; at higher concurrency one side cannot wait while another works, so
-    trials follow each other, bare before or after its scenarios in turn."""
+    the sides take turns a second at a time, bare first or last in turn."""
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     configs = configurations(max(concurrencies))
     texts = {name: config_text(overrides) for name, overrides in configs.items()}
@@ -304,7 +327,7 @@ def run_steps(run: Runner, groups: list[Group], texts: dict[str, str], concurren
                     if c == 1:
                         steps[c].append(dict(zip(order, run.alternating(order, group.tight))))
                     else:
-                        steps[c].append({n: run.alone(n, c, group.tight) for n in order})
+                        steps[c].append(dict(zip(order, run.interleaved(order, c, group.tight))))
                     bar.update()
     return steps
 

@@ -8,7 +8,15 @@ import time
 import httpx
 import pytest
 
-from bench.loadgen import RequestCycle, Target, Trial, encode_post, run_alternating, run_trial
+from bench.loadgen import (
+    RequestCycle,
+    Target,
+    Trial,
+    encode_post,
+    merge,
+    run_alternating,
+    run_trial,
+)
 from bench.report import (
     check_targets,
     headline_ratios,
@@ -69,6 +77,22 @@ def test_alternating_sides_take_turns_and_own_their_time(server: ServerProcess) 
 def _trial(rate: float, latencies: list[float] | None = None, cpu: dict[str, float] | None = None) -> Trial:
     return Trial(requests=int(rate), rows=int(rate), seconds=1.0, rows_per_s=rate,
                  latencies=latencies or [], server_cpu_seconds=cpu or {"worker": 0.01 * rate})
+
+
+def test_a_sides_slices_make_one_trial() -> None:
+    """Above concurrency 1 the sides take turns slice by slice (bench/run.py): equal slices, so the
+    throughput is their mean; counts, times, latencies, routes and server CPU add up."""
+    first = Trial(requests=300, rows=300, errors=1, seconds=1.0, rows_per_s=300.0, cpu_seconds=0.1,
+                  latencies=[0.01] * 300, server_cpu_seconds={"worker": 0.5, "drift": 0.02})
+    first.routes["model"] = 300
+    second = Trial(requests=500, rows=500, seconds=1.0, rows_per_s=500.0, cpu_seconds=0.2,
+                   latencies=[0.02] * 500, server_cpu_seconds={"worker": 0.7})
+    second.routes.update({"model": 499, "heuristic": 1})
+    whole = merge([first, second])
+    assert (whole.requests, whole.rows, whole.errors, whole.rows_per_s) == (800, 800, 1, 400.0)
+    assert whole.seconds == 2.0 and whole.cpu_seconds == pytest.approx(0.3)
+    assert len(whole.latencies) == 800 and whole.routes == {"model": 799, "heuristic": 1}
+    assert whole.server_cpu_seconds == pytest.approx({"worker": 1.2, "drift": 0.02})
 
 
 def test_ratios_are_taken_within_steps() -> None:
