@@ -25,7 +25,9 @@ from service.scoring.model import LoadedModel, load_model, output_policy
 from service.scoring.prediction import UNAVAILABLE
 from service.spec import GuardedApp
 from service.worker import config
+from service.worker.admin_state import state_dir_path
 from service.worker.config_store import ConfigStore
+from service.worker.prediction_log import RecordWriter, Redactor, decode_rows, store_url
 from service.worker.served_versions import ServedVersions
 
 log = logging.getLogger("mlguard.drift")
@@ -186,8 +188,6 @@ def build_drift_service(app: GuardedApp) -> Any:
             service/worker/prediction_log.py) and answer once it is committed; raises when the
             store does, and the worker keeps the rows. Run in BentoML's thread pool, beside
             `ingest`."""
-            from service.worker.prediction_log import decode_rows
-
             if self._log_writer is None:
                 raise RuntimeError("the prediction log is off in this process (store.enabled: false)")
             rows = decode_rows(batch)
@@ -314,9 +314,6 @@ def _fleet_drift(
 
 def _store_url(app: GuardedApp, cfg: config.Settings) -> str:
     """The plug-in's prediction store, as its workers find it (service/worker/runtime.py)."""
-    from service.worker.admin_state import state_dir_path
-    from service.worker.prediction_log import store_url
-
     return store_url(state_dir_path(cfg.admin.state_dir) / app.name, cfg.store)
 
 
@@ -325,7 +322,6 @@ def _log_writer(app: GuardedApp, config_store: ConfigStore,
     """The instance's writer of the prediction log (None when the store is off): every worker
     sends its rows here, so the writing's CPU is spent outside the processes that serve."""
     from service.store import open_store
-    from service.worker.prediction_log import RecordWriter, Redactor
 
     cfg = config_store.current
     if not cfg.store.enabled:
