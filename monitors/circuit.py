@@ -204,20 +204,24 @@ class CircuitBreaker:
         """A permit wrapped so that its outcome is always reported (see GuardedCall)."""
         return GuardedCall(self)
 
+    # A report on a permit from an earlier state, or while disabled, changes nothing.
     def on_success(self, permit: Permit) -> None:
-        self._report(permit, lambda state, cfg: state.on_success(cfg))
-
-    def on_failure(self, permit: Permit) -> None:
-        self._report(permit, lambda state, cfg: state.on_failure(cfg))
-
-    def on_skipped(self, permit: Permit) -> None:
-        self._report(permit, lambda state, cfg: state.on_skipped())
-
-    def _report(self, permit: Permit, event: Callable[[_State, CircuitSettings], None]) -> None:
         cfg = self._settings()
         with self._lock:
             if cfg.enabled and permit is self._state:
-                event(self._state, cfg)
+                permit.on_success(cfg)
+
+    def on_failure(self, permit: Permit) -> None:
+        cfg = self._settings()
+        with self._lock:
+            if cfg.enabled and permit is self._state:
+                permit.on_failure(cfg)
+
+    def on_skipped(self, permit: Permit) -> None:
+        cfg = self._settings()
+        with self._lock:
+            if cfg.enabled and permit is self._state:
+                permit.on_skipped()
 
     def snapshot(self) -> dict[str, object]:
         """For the admin API: the state and, when closed, the window's failure count."""

@@ -33,6 +33,8 @@ def test_range_tolerance_widens_the_training_range() -> None:
 def test_unknown_category_and_missing_values() -> None:
     checker = InputChecker(ReferenceStats.from_frame(FRAME, SCHEMA), range_tolerance=0.0)
     assert checker.check({"x": None, "c": None}) == []  # missing is the model's to handle
+    assert checker.check({"x": float("nan"), "c": "a"}) == []  # NaN is missing too, not out of range
+    assert checker.check({"x": 10, "c": "a"}) == []  # an int at the bound
     (v,) = checker.check({"x": 1.0, "c": "zzz"})
     assert v.reason == "input.unknown_category:c"
     both = checker.check({"x": 100.0, "c": "zzz"})

@@ -10,7 +10,7 @@ import pytest
 
 from apps.credit.app import CREDIT_APP
 from service.scoring.model_call import DeadlineModelCall
-from service.scoring.pipeline import GuardedPipeline
+from service.scoring.pipeline import GuardedPipeline, Recorder, Recorders
 from service.scoring.router import RoutingState
 from service.worker.config import parse
 from tests.support.data import GOOD_ROW, credit_rows
@@ -81,6 +81,54 @@ def test_input_violation_routes_that_row_only() -> None:
     assert answers[1].reasons == ["input.out_of_range:age"]
     assert answers[2].reasons == ["input.unknown_category:job"]
     assert answers[2].cause == "input.unknown_category"
+
+
+def test_a_reload_applies_from_the_next_request() -> None:
+    """The checks in force are built once per config snapshot and version (not per request): a
+    new snapshot's range tolerance and threshold apply from the next request, and a snapshot that
+    leaves the tolerance alone keeps the input checker it had."""
+    ages = [r["age"] for r in ROWS]
+    beyond = {**GOOD_ROW, "age": max(ages) + 0.05 * (max(ages) - min(ages))}  # inside 10 %, outside 0 %
+    current = {"cfg": parse("")}
+    served = loaded_model(CREDIT_APP, constant(0.7), ROWS)
+    pipeline = GuardedPipeline(
+        CREDIT_APP,
+        model_call=DeadlineModelCall(served.model.predict_rows),
+        served=lambda: served,
+        settings=lambda: current["cfg"],
+        routing_state=lambda cfg: RoutingState(cfg.routing.mode),
+    )
+    assert run(pipeline, [beyond])[0].route == "model"  # the shipped tolerance, 0.1
+    current["cfg"] = parse("input_checks:\n  range_tolerance: 0.0\n")
+    (a,) = run(pipeline, [beyond])
+    assert (a.route, a.reasons) == ("heuristic", ["input.out_of_range:age"])
+    checker = pipeline._judging.checker
+    current["cfg"] = parse("input_checks:\n  range_tolerance: 0.0\ndecision:\n  threshold: 0.8\n")
+    (a,) = run(pipeline, [GOOD_ROW])
+    assert (a.route, a.output.decision) == ("model", "approve")  # 0.7 is under the new threshold
+    assert pipeline._judging.checker is checker
+
+
+def test_every_recorder_hears_each_request_and_each_model_call() -> None:
+    """Recorders (the extension point): each model call goes to the recorders that override
+    record_model_call, each request to all of them, in order."""
+    heard: list[tuple[str, object]] = []
+
+    class Calls(Recorder):
+        def record_model_call(self, outcome) -> None:
+            heard.append(("call", outcome.raw.shape[0]))
+
+    class Requests(Recorder):
+        def record(self, rows, predictions, violations, cfg) -> None:
+            heard.append(("request", len(predictions)))
+
+    class MoreCalls(Calls):  # an override inherited from a subclass counts too
+        pass
+
+    pipeline = make_pipeline(constant(0.3))
+    pipeline.recorder = Recorders(Calls(), Requests(), MoreCalls())
+    run(pipeline, [GOOD_ROW, {**GOOD_ROW, "age": 120}, GOOD_ROW])  # the middle row goes to the rules
+    assert heard == [("call", 2), ("call", 2), ("request", 3)]
 
 
 def test_drift_routes_to_the_rules() -> None:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -46,8 +46,10 @@ def as_scored(result: Any) -> Scored:
     return result if isinstance(result, Scored) else Scored(None, np.asarray(result, dtype=float))
 
 
-@dataclass(frozen=True)
-class ModelOutcome:
+class ModelOutcome(NamedTuple):
+    """How one model call ended. A NamedTuple rather than a frozen dataclass: one is built for
+    every call, and a frozen dataclass sets each field through object.__setattr__."""
+
     raw: np.ndarray | None  # what the model returned (task-shaped); None when the call failed
     failure: str | None = None  # a reason code
     detail: str | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fallbacks.base import Heuristic
@@ -62,6 +63,10 @@ class Recorders(Recorder):
 
     def __init__(self, *recorders: Recorder) -> None:
         self.recorders = recorders
+        # Those that do something with a model call (the base class's does nothing).
+        self._call_recorders = [
+            r for r in recorders if type(r).record_model_call is not Recorder.record_model_call
+        ]
 
     def record(self, rows: list[dict[str, Any]], predictions: list[Prediction],
                violations: list[list[Violation]], cfg: Settings) -> None:
@@ -69,8 +74,19 @@ class Recorders(Recorder):
             recorder.record(rows, predictions, violations, cfg)
 
     def record_model_call(self, outcome: ModelOutcome) -> None:
-        for recorder in self.recorders:
+        for recorder in self._call_recorders:
             recorder.record_model_call(outcome)
+
+
+@dataclass(frozen=True)
+class _Judging:
+    """What judging rows needs from one served version and config snapshot: built when either
+    changes, not on every request (docs/BENCHMARKS.md, round 9)."""
+
+    served: LoadedModel | None
+    cfg: Settings
+    policy: OutputPolicy
+    checker: InputChecker | None
 
 
 class GuardedPipeline:
@@ -97,16 +113,26 @@ class GuardedPipeline:
         self._routing_state = routing_state
         self.recorder = recorder or Recorder()
         self.circuit = circuit or CircuitBreaker(lambda: self._settings().circuit)
-        self._checker: tuple[tuple, InputChecker] | None = None
+        self._judging: _Judging | None = None
         self._observe = observe
 
-    def _checker_for(self, served: LoadedModel, cfg: Settings) -> InputChecker:
-        # Rebuilt only when the version or the tolerance changes.
-        key = (served.version, cfg.input_checks.range_tolerance)
-        if self._checker is None or self._checker[0] != key:
-            checker = InputChecker(served.card.reference, cfg.input_checks.range_tolerance)
-            self._checker = (key, checker)
-        return self._checker[1]
+    def _judging_for(self, served: LoadedModel | None, cfg: Settings) -> _Judging:
+        """The checks in force for this version and config snapshot; the input checker is
+        rebuilt only when the version or the tolerance changes, not at every reload."""
+        judging = self._judging
+        if judging is not None and judging.served is served and judging.cfg is cfg:
+            return judging
+        tolerance = cfg.input_checks.range_tolerance
+        old = judging.checker if judging is not None else None  # a checker implies a served version
+        checker: InputChecker | None
+        if served is None:  # no reference statistics without a model: the input checks are off
+            checker = None
+        elif old is not None and judging.served.version == served.version and old.range_tolerance == tolerance:
+            checker = old
+        else:
+            checker = InputChecker(served.card.reference, tolerance)
+        self._judging = _Judging(served, cfg, self.policy(served, cfg), checker)
+        return self._judging
 
     def policy(self, served: LoadedModel | None, cfg: Settings) -> OutputPolicy:
         return output_policy(
@@ -119,17 +145,26 @@ class GuardedPipeline:
         cfg = self._settings()
         served = self._served()
         state = self._routing_state(cfg)
-        policy = self.policy(served, cfg)
-        features = [self.app.features_of(r) for r in rows]
-        if served is None:  # no reference statistics: the input checks are off
-            verdicts: list[list[Violation]] = [[] for _ in rows]
-        else:
-            checker = self._checker_for(served, cfg)
-            verdicts = [checker.check(f) for f in features]
+        judging = self._judging_for(served, cfg)
+        policy = judging.policy
+        # One pass over the rows, no comprehensions: on Python 3.11 each is a function call of
+        # its own, and most requests are one row (docs/BENCHMARKS.md, round 9).
+        features_of, checker = self.app.features_of, judging.checker
+        features: list[dict[str, Any]] = []
+        verdicts: list[list[Violation]] = []
+        row_reasons: list[list[str]] = []
+        to_model: list[int] = []
+        for i, row in enumerate(rows):
+            f = features_of(row)
+            found = checker.check(f) if checker is not None else []
+            features.append(f)
+            verdicts.append(found)
+            against = reasons_against_model(state, found)
+            row_reasons.append(against)
+            if not against:
+                to_model.append(i)
         answers: list[Prediction | None] = [None] * len(rows)
-        row_reasons = [reasons_against_model(state, v) for v in verdicts]
 
-        to_model = [i for i, found in enumerate(row_reasons) if not found]
         if to_model:
             with self.circuit.guard() as call:
                 if call.refused:  # the circuit is open: the model is not called
@@ -137,7 +172,7 @@ class GuardedPipeline:
                         row_reasons[i].append(reasons.CIRCUIT_OPEN)
                 else:
                     outcome = await self.model_call(
-                        [features[i] for i in to_model],
+                        features if len(to_model) == len(rows) else [features[i] for i in to_model],
                         cfg.model.timeout_ms / 1000.0,
                         cfg.model.max_concurrency,
                     )

@@ -5,15 +5,17 @@ Reasons are listed in precedence order; the first one is the one that decided th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from monitors import reasons
 from monitors.input_checks import Violation
 
 
-@dataclass(frozen=True)
-class RoutingState:
-    """Everything beyond the row itself that decides a route, read once per request."""
+class RoutingState(NamedTuple):
+    """Everything beyond the row itself that decides a route, read once per request.
+
+    A NamedTuple, not a frozen dataclass: built on every request, and a frozen dataclass sets
+    each field through object.__setattr__ (docs/BENCHMARKS.md, round 9)."""
 
     config_mode: str  # routing.mode from the config in force: auto | fallback
     admin_mode: str | None = None  # the operator's override, if any: auto | fallback
@@ -36,7 +38,8 @@ def reasons_against_model(state: RoutingState, violations: list[Violation]) -> l
         found.append(reasons.ADMIN_FORCED)
     if not state.model_available:
         found.append(reasons.MODEL_UNAVAILABLE)
-    found.extend(v.reason for v in violations)
+    if violations:  # a generator is a call of its own, even over nothing
+        found.extend(v.reason for v in violations)
     if state.drift_active:
         found.append(reasons.DRIFT_DETECTED)
     if state.below_rules:

@@ -192,13 +192,12 @@ class FaultsConfig(Section):
 
     @property
     def active(self) -> bool:
-        return any(
-            (
-                self.model_error_ratio,
-                self.model_delay_ms and self.model_delay_ratio,
-                self.model_invalid_output_ratio,
-                self.heuristic_error_ratio,
-            )
+        # Read twice per model call (docs/BENCHMARKS.md, round 9): no tuple built to ask.
+        return bool(
+            self.model_error_ratio
+            or (self.model_delay_ms and self.model_delay_ratio)
+            or self.model_invalid_output_ratio
+            or self.heuristic_error_ratio
         )
 
 
