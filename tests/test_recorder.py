@@ -99,6 +99,8 @@ class _PublicOnly:
 def test_without_the_private_attributes_the_public_calls_count() -> None:
     child = _PublicOnly()
     series = _Series(child)
-    series.add(3)
-    series.observe([0.1, 0.2])
+    updates: list = []
+    series.add(3, updates)
+    series.observe([0.1, 0.2], updates)
     assert child.calls == [("inc", 3), ("observe", 0.1), ("observe", 0.2)]
+    assert updates == []  # nothing left to write

@@ -20,6 +20,7 @@ from monitors import reasons
 from monitors.input_checks import Violation
 from monitors.metrics import Metrics
 from monitors.tasks import Task
+from service.scoring.metric_writes import Update, write
 from service.scoring.model_call import ModelOutcome
 from service.scoring.pipeline import Recorder
 from service.scoring.prediction import ROUTE_DEFAULT, ROUTE_HEURISTIC, ROUTE_MODEL, Prediction
@@ -48,7 +49,8 @@ class _Series:
     mode each value update is also a locked mmap write. Here a counter gains n in one update, and
     a histogram's observations of one request are binned first, then written once per bucket hit
     and once to the sum: the same counts and sum as observing them one by one (tested), for ~a
-    third of the cost on a one-row request and ~1/20 on a 100-row batch.
+    third of the cost on a one-row request and ~1/20 on a 100-row batch. The updates are queued,
+    and a request's are written together (service/scoring/metric_writes.py).
     """
 
     def __init__(self, child: Any) -> None:
@@ -61,27 +63,33 @@ class _Series:
         # renames them, the public calls below still count right, only slower.
         self._fast = self._value is not None or (self._sum is not None and self._buckets is not None)
 
-    def add(self, n: int) -> None:
+    def add(self, n: int, updates: list[Update]) -> None:
+        """Count n more: queued in `updates` (metric_writes.write applies them), or at once."""
         if not self._fast:
             self._public.inc(n)
         else:
-            self._value.inc(n)
+            updates.append((self._value, n))
 
-    def observe(self, values: list[float]) -> None:
+    def observe(self, values: list[float], updates: list[Update]) -> None:
+        """Observe each of `values`: binned and queued in `updates`, or at once."""
         if not self._fast:
             for v in values:
                 self._public.observe(v)
             return
         if len(values) == 1:
             (v,) = values
-            self._sum.inc(v)
+            updates.append((self._sum, v))
             if not isnan(v):  # a NaN lands in no bucket, as observe() has it
-                self._buckets[bisect_left(self._bounds, v)].inc(1)
+                updates.append((self._buckets[bisect_left(self._bounds, v)], 1))
             return
         hits = Counter(bisect_left(self._bounds, v) for v in values if not isnan(v))
-        self._sum.inc(sum(values))
+        updates.append((self._sum, sum(values)))
         for bucket, n in hits.items():
-            self._buckets[bucket].inc(n)
+            updates.append((self._buckets[bucket], n))
+
+
+# requests, request duration, the score's histogram and decisions (None where the task has none)
+_RowSeries = tuple[_Series, _Series, "_Series | None", "_Series | None"]
 
 
 class MetricsRecorder(Recorder):
@@ -95,11 +103,28 @@ class MetricsRecorder(Recorder):
         self._drift = drift  # served rows go to the drift window through it
         # Label lookups cost more than the update itself: keep the series we have used.
         self._series: dict[tuple, _Series] = {}
+        self._rows: dict[tuple[str, str, str | None], _RowSeries] = {}
+        self._model_duration = _Series(metrics.model_duration)
         for route, reason in KNOWN_REQUEST_LABELS:
             self._get(metrics.requests, route, reason)
         for route in ROUTES:
             for decision in task.labels:  # bounded: the plug-in's declared classes or decisions
                 self._get(metrics.decisions, route, decision)
+
+    def _one_row(self, route: str, cause: str, decision: str | None) -> _RowSeries:
+        """The series one answered row writes, found with one lookup (they are bounded: routes,
+        reason codes and the plug-in's decisions)."""
+        key = (route, cause, decision)
+        found = self._rows.get(key)
+        if found is None:
+            m = self.metrics
+            found = self._rows[key] = (
+                self._get(m.requests, route, cause),
+                self._get(m.request_duration, route),
+                self._get(self._score_metric, route) if self._score_metric is not None else None,
+                self._get(m.decisions, route, decision) if decision is not None else None,
+            )
+        return found
 
     def _get(self, metric: Any, *labels: str) -> _Series:
         key = (id(metric), *labels)
@@ -115,18 +140,20 @@ class MetricsRecorder(Recorder):
         violations: list[list[Violation]],
         cfg: Settings,
     ) -> None:
-        m = self.metrics
         if len(predictions) == 1:  # the common case, without the grouping below
             (p,), (found,) = predictions, violations
             out = p.output
-            self._get(m.requests, p.route, p.cause).add(1)
-            self._get(m.request_duration, p.route).observe([p.seconds])
-            if self._score_metric is not None:
-                self._get(self._score_metric, p.route).observe([out.score])
-            if out.decision is not None:
-                self._get(m.decisions, p.route, out.decision).add(1)
+            requests, duration, score, decisions = self._one_row(p.route, p.cause, out.decision)
+            updates: list[Update] = []
+            requests.add(1, updates)
+            duration.observe([p.seconds], updates)
+            if score is not None:
+                score.observe([out.score], updates)
+            if decisions is not None:
+                decisions.add(1, updates)
             for v in found:
-                self._get(m.input_violations, v.check, v.field).add(1)
+                self._get(self.metrics.input_violations, v.check, v.field).add(1, updates)
+            write(updates)
         else:
             self._record_many(predictions, violations)
         # Decided once per call: the line is never built when the level or the ratio drops it.
@@ -153,20 +180,24 @@ class MetricsRecorder(Recorder):
             if p.output.decision is not None:
                 decisions[p.route, p.output.decision] += 1
         found = Counter((v.check, v.field) for row in violations for v in row)
+        updates: list[Update] = []
         for labels, n in requests.items():
-            self._get(m.requests, *labels).add(n)
+            self._get(m.requests, *labels).add(n, updates)
         for route, values in seconds.items():
-            self._get(m.request_duration, route).observe(values)
+            self._get(m.request_duration, route).observe(values, updates)
         for route, values in scores.items():
-            self._get(self._score_metric, route).observe(values)
+            self._get(self._score_metric, route).observe(values, updates)
         for labels, n in decisions.items():
-            self._get(m.decisions, *labels).add(n)
+            self._get(m.decisions, *labels).add(n, updates)
         for labels, n in found.items():
-            self._get(m.input_violations, *labels).add(n)
+            self._get(m.input_violations, *labels).add(n, updates)
+        write(updates)
 
     def record_model_call(self, outcome: ModelOutcome) -> None:
         if outcome.failure != reasons.MODEL_OVERLOADED:  # an overloaded call never ran
-            self.metrics.model_duration.observe(outcome.seconds)
+            updates: list[Update] = []
+            self._model_duration.observe([outcome.seconds], updates)
+            write(updates)
 
 
 def _log_line(p: Prediction) -> str:
