@@ -22,22 +22,15 @@ from monitors.metrics import Metrics
 from service.scoring import metric_writes
 from service.scoring.recorder import MetricsRecorder
 from service.worker.config import Settings
-from tests.test_recorder import TASK, _requests
+from tests.test_recorder import TASK, _requests, record_one_by_one
 
 metrics = Metrics(CollectorRegistry())
-if sys.argv[1] == "folded":
-    recorder = MetricsRecorder(metrics, TASK)
-    for preds, found in _requests():
+recorder = MetricsRecorder(metrics, TASK)
+for preds, found in _requests():
+    if sys.argv[1] == "folded":
         recorder.record([{} for _ in preds], preds, found, Settings())
-else:  # the public API, one update at a time
-    for preds, found in _requests():
-        for p, violations in zip(preds, found):
-            metrics.requests.labels(p.route, p.cause).inc()
-            metrics.request_duration.labels(p.route).observe(p.seconds)
-            metrics.probability.labels(p.route).observe(p.output.score)
-            metrics.decisions.labels(p.route, p.output.decision).inc()
-            for v in violations:
-                metrics.input_violations.labels(v.check, v.field).inc()
+    else:
+        record_one_by_one(metrics, preds, found)
 registry = CollectorRegistry()
 MultiProcessCollector(registry)
 samples = {

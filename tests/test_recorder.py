@@ -50,6 +50,17 @@ def _requests() -> list[tuple[list[Prediction], list[list[Violation]]]]:
     return single + batches
 
 
+def record_one_by_one(m: Metrics, preds: list[Prediction], found: list[list[Violation]]) -> None:
+    """What the recorder must add up to: the public API, one update per row and series."""
+    for p, violations in zip(preds, found):
+        m.requests.labels(p.route, p.cause).inc()
+        m.request_duration.labels(p.route).observe(p.seconds)
+        m.probability.labels(p.route).observe(p.output.score)
+        m.decisions.labels(p.route, p.output.decision).inc()
+        for v in violations:
+            m.input_violations.labels(v.check, v.field).inc()
+
+
 def _samples(registry: CollectorRegistry) -> dict[tuple, float]:
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -65,13 +76,7 @@ def test_folded_updates_count_exactly_as_one_observation_per_row() -> None:
     cfg = Settings()
     for preds, found in _requests():
         recorder.record([{} for _ in preds], preds, found, cfg)
-        for p, violations in zip(preds, found):  # the public API, one row at a time
-            m.requests.labels(p.route, p.cause).inc()
-            m.request_duration.labels(p.route).observe(p.seconds)
-            m.probability.labels(p.route).observe(p.output.score)
-            m.decisions.labels(p.route, p.output.decision).inc()
-            for v in violations:
-                m.input_violations.labels(v.check, v.field).inc()
+        record_one_by_one(m, preds, found)
     got, want = _samples(folded), _samples(plain)
     # Counts exact; sums equal up to the order floating-point additions were made in.
     assert {k for k, v in got.items() if v} == {k for k, v in want.items() if v}
