@@ -60,7 +60,7 @@ class _State:
 
     def on_failure(self, cfg: CircuitSettings) -> None: ...
 
-    def on_skipped(self) -> None:
+    def on_skipped(self, cfg: CircuitSettings) -> None:
         """An allowed call that never ran (e.g. refused as overloaded): no verdict."""
 
 
@@ -127,7 +127,7 @@ class _HalfOpen(_State):
     def on_failure(self, cfg: CircuitSettings) -> None:
         self.breaker._move_to(_Open(self.breaker))
 
-    def on_skipped(self) -> None:
+    def on_skipped(self, cfg: CircuitSettings) -> None:
         self.in_flight -= 1
 
 
@@ -204,24 +204,22 @@ class CircuitBreaker:
         """A permit wrapped so that its outcome is always reported (see GuardedCall)."""
         return GuardedCall(self)
 
-    # A report on a permit from an earlier state, or while disabled, changes nothing.
     def on_success(self, permit: Permit) -> None:
-        cfg = self._settings()
-        with self._lock:
-            if cfg.enabled and permit is self._state:
-                permit.on_success(cfg)
+        self._report(permit, "on_success")
 
     def on_failure(self, permit: Permit) -> None:
-        cfg = self._settings()
-        with self._lock:
-            if cfg.enabled and permit is self._state:
-                permit.on_failure(cfg)
+        self._report(permit, "on_failure")
 
     def on_skipped(self, permit: Permit) -> None:
+        self._report(permit, "on_skipped")
+
+    def _report(self, permit: Permit, event: str) -> None:
+        """The permit's state hears the event; a report on a permit from an earlier state, or
+        while disabled, changes nothing. By name, not a lambda: no closure built per model call."""
         cfg = self._settings()
         with self._lock:
             if cfg.enabled and permit is self._state:
-                permit.on_skipped()
+                getattr(permit, event)(cfg)
 
     def snapshot(self) -> dict[str, object]:
         """For the admin API: the state and, when closed, the window's failure count."""

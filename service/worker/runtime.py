@@ -167,7 +167,7 @@ class GuardedRuntime:
         return Scored(served.version, self._drill(served.model.predict_rows, rows))
 
     def _inline_limit_ms(self) -> float:
-        cfg = self.config.current
+        cfg = self.settings()
         return 0.0 if cfg.faults.active else cfg.model.inline_max_ms  # a drill's delays stay in threads
 
     def _on_version(self, loaded: LoadedModel) -> None:
